@@ -1,0 +1,192 @@
+"""A market: validated bars, causal normalised features, chronological splits and costs.
+
+Indexing convention (used by the env and every report): a decision is taken
+on the data of bar ``t`` and its profit or loss is realised on bar ``t + 1``.
+A split ``[start, end)`` is the set of bars whose returns it *realises*, so
+its first decision is taken at bar ``start - 1`` (look-back into the previous
+split is allowed; it is the past) and its last at ``end - 2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from src.data.features import FEATURE_NAMES, compute_features, warmup_bars
+from src.data.loader import file_sha256, load_ohlcv, resolve_path
+from src.errors import ConfigError, DataError
+
+FILLS = ("open", "close")
+SPLITS = ("train", "val", "test")
+NORM_CLIP = 10.0  # a fixed constant, so clipping looks at no data
+
+
+@dataclass
+class Costs:
+    """Trading costs in basis points of traded notional; all are charged on every trade."""
+
+    commission_bps: float = 0.0
+    spread_bps: float = 0.0  # full quoted spread; half of it is paid per trade
+    slippage_bps: float = 0.0
+
+    def __post_init__(self) -> None:
+        for k in ("commission_bps", "spread_bps", "slippage_bps"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"env.costs.{k} must be >= 0, got {getattr(self, k)}")
+
+    @property
+    def rate(self) -> float:
+        """Cost per unit of turnover (fraction of equity traded)."""
+        return (self.commission_bps + self.spread_bps / 2 + self.slippage_bps) / 1e4
+
+
+def infer_bars_per_year(ts: pd.DatetimeIndex) -> float:
+    """Bars per year from the bar size: 252 trading days, or 365 if the market trades on weekends.
+
+    Daily stock bars give 252; hourly 24/7 crypto 24 * 365 = 8760; 15-minute
+    regular-session stock bars 26 * 252 = 6552.
+    """
+    if len(ts) < 3:
+        raise DataError("too few bars to infer the bar size")
+    step = pd.Series(ts).diff().median()
+    days = 365.0 if (ts.dayofweek >= 5).mean() > 0.01 else 252.0
+    if step >= pd.Timedelta(days=5):
+        return 365.25 / (step / pd.Timedelta(days=1))  # weekly or coarser: calendar based
+    if step >= pd.Timedelta(hours=20):
+        return days
+    per_day = pd.Series(1, index=ts).groupby(ts.normalize()).size().median()
+    return float(per_day * days)
+
+
+@dataclass
+class Market:
+    """Everything the env and the reports need about one data set, on one device."""
+
+    name: str
+    source: str
+    data_hash: str
+    bars: pd.DataFrame  # validated OHLCV after the feature warm-up, UTC index
+    features: torch.Tensor  # (T, F) normalised with train statistics
+    pre: torch.Tensor  # (T,) return earned by the held position before the fill on bar t
+    post: torch.Tensor  # (T,) return earned by the new position after the fill on bar t
+    splits: dict[str, tuple[int, int]]
+    window: int
+    costs: Costs
+    fill: str
+    bars_per_year: float
+    episode_length: int
+    min_trade: float
+    min_equity: float
+    norm_mean: np.ndarray = field(repr=False)
+    norm_std: np.ndarray = field(repr=False)
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+
+    @property
+    def num_features(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
+
+    def to(self, device: torch.device | str) -> Market:
+        """Move the tensors to ``device`` (in place) and return self."""
+        self.features, self.pre, self.post = (x.to(device) for x in (self.features, self.pre, self.post))
+        return self
+
+    def decision_range(self, split: str) -> tuple[int, int]:
+        """First and last bar (inclusive) on which a decision of ``split`` is taken."""
+        start, end = self.splits[split]
+        return max(start - 1, self.window - 1), end - 2
+
+    def describe(self) -> dict:
+        ts = self.bars.index
+        out = {"name": self.name, "source": self.source, "sha256": self.data_hash, "bars": len(ts),
+               "bars_per_year": self.bars_per_year, "cost_rate": self.costs.rate, "fill": self.fill}
+        for s, (a, b) in self.splits.items():
+            out[s] = {"first": str(ts[a]), "last": str(ts[b - 1]), "bars": b - a}
+        return out
+
+
+def build_market(
+    bars: pd.DataFrame,
+    *,
+    name: str,
+    source: str,
+    data_hash: str,
+    window: int = 30,
+    costs: dict | Costs | None = None,
+    fill: str = "open",
+    split: dict | None = None,
+    bars_per_year: float | None = None,
+    episode_length: int = 256,
+    min_trade: float = 0.0,
+    min_equity: float = 0.05,
+) -> Market:
+    """Compute features, split chronologically and normalise with train statistics only."""
+    if window <= 0:
+        raise ConfigError(f"env.window must be > 0, got {window}")
+    if fill not in FILLS:
+        raise ConfigError(f"env.fill must be one of {FILLS}, got {fill!r}")
+    if episode_length <= 0:
+        raise ConfigError(f"env.episode_length must be > 0, got {episode_length}")
+    if not 0 <= min_trade < 1:
+        raise ConfigError(f"env.min_trade must be in [0, 1), got {min_trade}")
+    if not 0 <= min_equity < 1:
+        raise ConfigError(f"env.min_equity must be in [0, 1), got {min_equity}")
+    costs = costs if isinstance(costs, Costs) else Costs(**(costs or {}))
+    split = dict(split or {"train": 0.7, "val": 0.15})
+    tr, va = float(split.get("train", 0.7)), float(split.get("val", 0.15))
+    if not (0 < tr and 0 < va and tr + va < 1):
+        raise ConfigError(f"env.split must have train > 0, val > 0, train + val < 1, got {split}")
+
+    feats = compute_features(bars).iloc[warmup_bars():]
+    bars = bars.iloc[warmup_bars():]
+    n = len(bars)
+    n_train, n_val = int(n * tr), int(n * va)
+    n_test = n - n_train - n_val
+    need = window + 2
+    if n_train < need + 1 or min(n_val, n_test) < 2:
+        raise DataError(
+            f"{source}: {n + warmup_bars()} rows are too few: after the {warmup_bars()}-bar feature warm-up the "
+            f"train/val/test splits get {n_train}/{n_val}/{n_test} bars; train needs > {need} "
+            f"(window {window} + 2) and val/test at least 2 each"
+        )
+    splits = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+
+    x = feats.to_numpy(np.float64)
+    mean = x[:n_train].mean(axis=0)
+    std = x[:n_train].std(axis=0)
+    std = np.where(std > 1e-12, std, 1.0)
+    z = np.clip((x - mean) / std, -NORM_CLIP, NORM_CLIP)
+
+    o, c = bars["open"].to_numpy(), bars["close"].to_numpy()
+    pre, post = np.zeros(n), np.zeros(n)
+    if fill == "open":
+        pre[1:] = o[1:] / c[:-1] - 1  # overnight gap, earned by the position held before the fill
+        post[1:] = c[1:] / o[1:] - 1  # open to close, earned by the new position
+    else:  # filled at the close of the decision bar: optimistic (no delay)
+        post[1:] = c[1:] / c[:-1] - 1
+
+    def f32(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.float32)
+
+    return Market(
+        name=name, source=source, data_hash=data_hash, bars=bars, features=f32(z), pre=f32(pre), post=f32(post),
+        splits=splits, window=window, costs=costs, fill=fill,
+        bars_per_year=float(bars_per_year or infer_bars_per_year(bars.index)),
+        episode_length=episode_length, min_trade=min_trade, min_equity=min_equity, norm_mean=mean, norm_std=std,
+    )
+
+
+def load_market(path: str, name: str | None = None, **kwargs) -> Market:
+    """Load a CSV and build its :class:`Market`; ``kwargs`` go to :func:`build_market`."""
+    if path in (None, "", "???"):
+        raise ConfigError("env.path is required: pass env.path=<file.csv>")
+    p = resolve_path(path)
+    bars = load_ohlcv(p)
+    return build_market(bars, name=name or Path(path).stem, source=str(path), data_hash=file_sha256(p), **kwargs)

@@ -1,0 +1,146 @@
+"""A trading env vectorised in torch: N episodes advance together as tensors.
+
+Accounting (one step = the agent at the close of bar t chooses a target
+weight ``a`` in [-1, 1]; the step realises bar t+1):
+
+1. the held weight ``p`` earns ``pre`` (the gap from close t to the fill) and
+   drifts to ``w = p (1 + pre) / (1 + p pre)``;
+2. at the fill (open of t+1 by default; close of t with ``fill=close``, an
+   optimistic, labelled option) the book is rebalanced to ``a`` if
+   ``|a - w| >= min_trade``; turnover ``|a - w|`` pays ``costs.rate``;
+3. the new weight earns ``post`` to the close of t+1 and drifts again.
+
+Equity growth over the step is ``(1 + p pre)(1 - turnover rate)(1 + a post)``;
+the reward is its log, net of costs. Gross return, cost, turnover and equity
+are reported separately in ``info``. An episode is *terminated* when equity
+falls to ``min_equity`` (bankruptcy: no bootstrap) and *truncated* at its time
+limit or the end of the split (bootstrap from the final observation).
+Observations are written into preallocated buffers: no per-step allocation
+of the (N, window, F) window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from src.data.market import Market
+
+EPS = 1e-12
+
+
+@dataclass
+class Obs:
+    """Observation batch: the last ``window`` feature rows and the current weight."""
+
+    market: torch.Tensor  # (N, window, F)
+    position: torch.Tensor  # (N, 1)
+
+    def clone(self) -> Obs:
+        return Obs(self.market.clone(), self.position.clone())
+
+
+class MarketEnv:
+    """N parallel episodes over one split of a :class:`Market`.
+
+    Args:
+        market: the data, already on the target device.
+        split: ``train``, ``val`` or ``test``.
+        num_envs: N.
+        random_start: training mode (random starts, episodes of
+            ``market.episode_length``, automatic reset); otherwise every
+            episode walks the whole split from its first decision bar once.
+        generator: torch generator for start times (on ``market.device``).
+    """
+
+    def __init__(self, market: Market, split: str, num_envs: int, random_start: bool = True,
+                 generator: torch.Generator | None = None) -> None:
+        if num_envs <= 0:
+            raise ValueError(f"num_envs must be > 0, got {num_envs}")
+        self.m, self.split, self.n, self.random_start = market, split, num_envs, random_start
+        self.first, self.last = market.decision_range(split)
+        self.max_len = market.episode_length if random_start else self.last - self.first + 1
+        self.rate = market.costs.rate
+        dev = market.device
+        self.gen = generator
+        self.t = torch.full((num_envs,), self.first, dtype=torch.long, device=dev)
+        self.steps = torch.zeros(num_envs, dtype=torch.long, device=dev)
+        self.position = torch.zeros(num_envs, device=dev)
+        self.equity = torch.ones(num_envs, device=dev)
+        w, f = market.window, market.num_features
+        self._offsets = torch.arange(-w + 1, 1, device=dev)
+        self._idx = torch.empty(num_envs, w, dtype=torch.long, device=dev)
+        self._obs = Obs(torch.empty(num_envs, w, f, device=dev), torch.empty(num_envs, 1, device=dev))
+
+    def _starts(self, k: int) -> torch.Tensor:
+        if not self.random_start:
+            return torch.full((k,), self.first, dtype=torch.long, device=self.t.device)
+        hi = max(self.first, self.last - self.max_len + 1)  # prefer full-length episodes
+        return torch.randint(self.first, hi + 1, (k,), generator=self.gen, device=self.t.device)
+
+    def _write_obs(self, out: Obs) -> Obs:
+        torch.add(self.t[:, None], self._offsets, out=self._idx)
+        w, f = self.m.window, self.m.num_features
+        torch.index_select(self.m.features, 0, self._idx.view(-1), out=out.market.view(self.n * w, f))
+        out.position.copy_(self.position[:, None])
+        return out
+
+    def reset(self) -> Obs:
+        """Start every episode afresh and return the first observation (a view of a reused buffer)."""
+        self.t.copy_(self._starts(self.n))
+        self.steps.zero_()
+        self.position.zero_()
+        self.equity.fill_(1.0)
+        return self._write_obs(self._obs)
+
+    def step(self, action: torch.Tensor) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """Advance every episode one bar.
+
+        Args:
+            action: (N,) target weights; clipped to [-1, 1].
+
+        Returns:
+            obs, reward (log growth net of costs), terminated, truncated, info.
+            For finished episodes (training mode) ``obs`` is already the next
+            episode's first observation; ``info["final_t"]`` and
+            ``info["final_position"]`` give the state they ended on, for
+            :meth:`observe` (bootstrapping truncated episodes).
+        """
+        a = action.detach().reshape(self.n).to(self.position.dtype).clamp(-1.0, 1.0)
+        nxt = self.t + 1
+        pre, post = self.m.pre[nxt], self.m.post[nxt]
+        p = self.position
+        g1 = 1 + p * pre
+        drifted = torch.where(g1 > EPS, p * (1 + pre) / g1.clamp_min(EPS), torch.zeros_like(p))
+        delta = a - drifted
+        trade = delta.abs() >= max(self.m.min_trade, EPS)
+        held = torch.where(trade, a, drifted)
+        turnover = torch.where(trade, delta.abs(), torch.zeros_like(a))
+        g2 = 1 + held * post
+        gross = g1 * g2
+        growth = (gross * (1 - turnover * self.rate)).clamp_min(0.0)
+        equity = self.equity * growth
+        reward = torch.log(growth.clamp_min(EPS))
+        info = {
+            "t": nxt.clone(), "position": held, "turnover": turnover, "gross_return": gross - 1,
+            "cost": gross - growth, "net_return": growth - 1, "equity": equity,
+        }
+        self.steps += 1
+        pos = torch.where(g2 > EPS, held * (1 + post) / g2.clamp_min(EPS), torch.zeros_like(held))
+        terminated = equity <= self.m.min_equity
+        truncated = ~terminated & ((self.steps >= self.max_len) | (nxt >= self.last + 1))
+        info["final_t"], info["final_position"] = nxt, pos
+        if self.random_start:  # same-step reset without a host sync: where() over all envs
+            done = terminated | truncated
+            nxt = torch.where(done, self._starts(self.n), nxt)
+            self.steps.masked_fill_(done, 0)
+            pos = pos.masked_fill(done, 0.0)
+            equity = equity.masked_fill(done, 1.0)
+        self.t, self.position, self.equity = nxt, pos, equity
+        return self._write_obs(self._obs), reward, terminated, truncated, info
+
+    def observe(self, t: torch.Tensor, position: torch.Tensor) -> Obs:
+        """A fresh observation for arbitrary bars and weights (off the hot path, e.g. final states)."""
+        idx = t.reshape(-1, 1) + self._offsets
+        return Obs(self.m.features[idx], position.reshape(-1, 1).to(self.position.dtype))

@@ -1,0 +1,1 @@
+"""Optimizer factories and learning-rate schedules."""

@@ -1,0 +1,1 @@
+"""Reinforcement-learning maths as pure functions: returns, advantages and losses."""
