@@ -1,0 +1,84 @@
+"""Deterministic evaluation over a whole split, for the agent and the baselines.
+
+The agent, buy-and-hold (weight 1 from the first bar) and flat (weight 0) run
+through the *same* env, with the same costs and fills, so the comparison is
+like for like. An episode that goes bankrupt stays flat for the rest of the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from src.data.market import Market
+from src.envs.market_env import MarketEnv, Obs
+from src.metrics import compute_metrics
+
+Policy = Callable[[Obs], torch.Tensor]
+BASELINES = {"buy_and_hold": 1.0, "flat": 0.0}
+COLUMNS = ("price", "position", "turnover", "cost", "gross_return", "net_return", "equity")
+
+
+@dataclass
+class EvalResult:
+    """Per-bar ledger of one split and its metrics."""
+
+    split: str
+    ledger: pd.DataFrame  # index timestamp; columns COLUMNS
+    metrics: dict[str, float]
+
+
+@torch.no_grad()
+def run_policies(market: Market, split: str, policy: Policy | None) -> dict[str, pd.DataFrame]:
+    """Walk ``split`` once with the agent (if given) and the baselines in one batched env.
+
+    Returns one ledger per name (``agent``, ``buy_and_hold``, ``flat``).
+    """
+    names = (["agent"] if policy is not None else []) + list(BASELINES)
+    fixed = torch.tensor([BASELINES[k] for k in BASELINES], device=market.device)
+    env = MarketEnv(market, split, num_envs=len(names), random_start=False)
+    obs = env.reset()
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("t", "position", "turnover", "cost", "gross_return",
+                                                            "net_return", "equity")}
+    alive = torch.ones(len(names), dtype=torch.bool, device=market.device)
+    for _ in range(env.max_len):
+        action = torch.cat([policy(obs).reshape(1), fixed]) if policy is not None else fixed.clone()
+        action = torch.where(alive, action, torch.zeros_like(action))
+        obs, _, terminated, _, info = env.step(action)
+        for k in rows:
+            rows[k].append(info[k])
+        alive &= ~terminated
+    cols = {k: torch.stack(v).cpu().numpy() for k, v in rows.items()}  # (steps, n_policies)
+    bars = market.bars
+    t = cols.pop("t")[:, 0]
+    out = {}
+    for j, name in enumerate(names):
+        df = pd.DataFrame({k: v[:, j] for k, v in cols.items()}, index=bars.index[t])
+        df.insert(0, "price", bars["close"].to_numpy()[t])
+        out[name] = df[list(COLUMNS)]
+    return out
+
+
+def ledger_metrics(ledger: pd.DataFrame, bars_per_year: float) -> dict[str, float]:
+    """Metrics of a ledger: the only path from an evaluation to reported numbers."""
+    return compute_metrics(ledger["net_return"].to_numpy(), ledger["position"].to_numpy(),
+                           ledger["turnover"].to_numpy(), bars_per_year)
+
+
+def evaluate_split(market: Market, split: str, policy: Policy | None) -> dict[str, EvalResult]:
+    """Ledgers and metrics of the agent and the baselines on ``split``."""
+    return {name: EvalResult(split, df, ledger_metrics(df, market.bars_per_year))
+            for name, df in run_policies(market, split, policy).items()}
+
+
+def model_policy(model: torch.nn.Module) -> Policy:
+    """The deterministic policy of an actor-critic (the Beta mean), in eval mode."""
+
+    def act(obs: Obs) -> torch.Tensor:
+        return model.act(Obs(obs.market[:1], obs.position[:1]), deterministic=True)
+
+    return act

@@ -1,0 +1,205 @@
+"""The LightningModule: one training step = one rollout from the vectorised env + the PPO update.
+
+Manual optimisation: the PPO epochs and minibatches are looped explicitly in
+``training_step`` and every ``optimizer.step()`` counts as one Lightning
+global step, so ``trainer.max_steps`` is a budget of gradient updates.
+Validation walks the validation split deterministically; test walks the test
+split once at the end of the run, with the selected (best) weights.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, IterableDataset
+
+from src.data.market import Market
+from src.envs.market_env import MarketEnv, Obs
+from src.evaluation import EvalResult, evaluate_split, model_policy
+from src.optim.schedules import lr_multiplier
+from src.rl.gae import compute_gae
+from src.rl.ppo import PPOConfig, explained_variance, normalize_advantages, policy_loss, value_loss
+from src.rl.rollout import Rollout, collect
+
+
+class _Forever(IterableDataset):
+    """Training 'batches' are just ticks: the data comes from the env."""
+
+    def __iter__(self):
+        while True:
+            yield 0
+
+
+class PPOModule(L.LightningModule):
+    """Actor-critic + PPO on a :class:`Market`.
+
+    Args:
+        cfg: the resolved run configuration (a plain dict; saved in every checkpoint).
+        market: the data; not a hyper-parameter, passed again when loading a checkpoint.
+    """
+
+    def __init__(self, cfg: dict, market: Market) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["market"])
+        self.automatic_optimization = False
+        self.cfg = OmegaConf.create(cfg)
+        self.ppo: PPOConfig = instantiate(self.cfg.algo)
+        self.market = market
+        self.model = instantiate(self.cfg.model, num_features=market.num_features, window=market.window)
+        self.env: MarketEnv | None = None
+        self.obs: Obs | None = None
+        self.buf: Rollout | None = None
+        self.env_steps = 0
+        self.results: dict[str, dict[str, EvalResult]] = {}
+        self._ep_acc: torch.Tensor | None = None  # running log growth of the episodes in progress
+
+    # ---- data: the env is the data source; loaders only tick the loops ----
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Forever(), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader([0], batch_size=None)
+
+    test_dataloader = val_dataloader
+
+    def setup(self, stage: str) -> None:
+        self.market.to(self.device)
+        if stage == "fit" and self.env is None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(int(self.cfg.seed) * 1000 + self.global_rank)
+            self.env = MarketEnv(self.market, "train", self.ppo.num_envs, random_start=True, generator=gen)
+            self.obs = self.env.reset()
+            self.buf = Rollout.allocate(self.ppo.rollout_steps, self.env)
+
+    def configure_optimizers(self):
+        opt = instantiate(self.cfg.optimizer)(self.model)
+        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1
+        fn = partial(lr_multiplier, total_steps=total, **OmegaConf.to_container(self.cfg.scheduler, resolve=True))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return [opt], [{"scheduler": sched, "interval": "step"}]
+
+    # ---- training ----
+    def training_step(self, batch, batch_idx: int) -> None:
+        t0 = time.perf_counter()
+        self.model.eval()  # no dropout while acting
+        self.obs = collect(self.model, self.env, self.obs, self.buf)
+        self.model.train()
+        b, p = self.buf, self.ppo
+        adv, ret = compute_gae(b.rewards, b.values, b.next_values, b.terminated, b.dones, p.gamma, p.gae_lambda)
+        t1 = time.perf_counter()
+        stats = self._update(b, adv.reshape(-1), ret.reshape(-1))
+        t2 = time.perf_counter()
+        self.env_steps += p.batch_size
+        ep_log = self._episode_log_returns(b)
+        done_eq = torch.exp(ep_log[b.dones]) if bool(b.dones.any()) else None  # one sync per rollout
+        self._log_train(b, adv, ret, stats, done_eq, rollout_s=t1 - t0, update_s=t2 - t1)
+
+    def _update(self, b: Rollout, adv: torch.Tensor, ret: torch.Tensor) -> dict[str, torch.Tensor]:
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        p, obs = self.ppo, b.flat_obs()
+        actions, old_logp, old_v = b.actions.reshape(-1), b.logprobs.reshape(-1), b.values.reshape(-1)
+        acc: dict[str, list[torch.Tensor]] = {}
+        for _ in range(p.update_epochs):
+            perm = torch.randperm(p.batch_size, device=self.device)
+            for mb in perm.split(p.minibatch_size):
+                dist, v = self.model(Obs(obs.market[mb], obs.position[mb]))
+                mb_adv = normalize_advantages(adv[mb]) if p.norm_adv else adv[mb]
+                pg, diag = policy_loss(dist.log_prob(actions[mb]), old_logp[mb], mb_adv, p.clip_coef)
+                vl = value_loss(v, old_v[mb], ret[mb], p.clip_coef if p.clip_vloss else None)
+                ent = dist.entropy().mean()
+                loss = pg + p.vf_coef * vl - p.ent_coef * ent
+                opt.zero_grad(set_to_none=True)
+                self.manual_backward(loss)
+                gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.max_grad_norm)
+                opt.step()
+                sched.step()
+                for k, val in (("policy_loss", pg), ("value_loss", vl), ("entropy", ent), ("loss", loss),
+                               ("grad_norm", gnorm), *diag.items()):
+                    acc.setdefault(k, []).append(val.detach())
+            if p.target_kl is not None and float(diag["approx_kl"]) > p.target_kl:
+                break  # CleanRL: stop the epochs once the policy moved too far
+        return {k: torch.stack(v).mean() for k, v in acc.items()}
+
+    def _episode_log_returns(self, b: Rollout) -> torch.Tensor:
+        """Log growth of each episode that ended inside this rollout, at its end step (else 0)."""
+        run = torch.zeros_like(b.rewards[0]) if self._ep_acc is None else self._ep_acc
+        out = torch.zeros_like(b.rewards)
+        for t in range(b.rewards.shape[0]):
+            run = run + b.rewards[t]
+            out[t] = run
+            run = run * (~b.dones[t])
+        self._ep_acc = run
+        return out
+
+    def _log_train(self, b: Rollout, adv, ret, stats, done_eq, rollout_s: float, update_s: float) -> None:
+        lr = self.optimizers().param_groups[0]["lr"]
+        logs = {f"losses/{k}": v for k, v in stats.items()}
+        logs.update({
+            "losses/explained_variance": explained_variance(b.values.flatten(), ret.flatten()),
+            "charts/learning_rate": lr,
+            "charts/env_steps": float(self.env_steps),
+            "charts/sps": b.actions.numel() / max(rollout_s + update_s, 1e-9),
+            "charts/rollout_sps": b.actions.numel() / max(rollout_s, 1e-9),
+            "train/reward_mean": b.rewards.mean(),
+            "train/position_abs_mean": b.actions.abs().mean(),
+            "train/turnover_mean": b.turnover.mean(),
+        })
+        if done_eq is not None:
+            logs["train/episode_return"] = (done_eq - 1).mean()
+            logs["train/episode_final_equity"] = done_eq.mean()
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
+        self.log("sps", logs["charts/sps"], prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
+        tb = self._tb()
+        if tb is not None and self.trainer.fit_loop.epoch_loop._batches_that_stepped % 10 == 0:
+            tb.add_histogram("charts/positions", b.actions.flatten(), self.global_step)
+            tb.add_histogram("charts/advantages", adv.flatten(), self.global_step)
+
+    def _tb(self):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
+
+    # ---- evaluation ----
+    def _evaluate(self, split: str) -> dict[str, EvalResult]:
+        self.model.eval()
+        res = evaluate_split(self.market, split, model_policy(self.model))
+        self.results[split] = res
+        return res
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        res = self._evaluate("val")
+        self._log_eval("val", res)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._log_eval("best_val", self._evaluate("val"))  # the selected model's validation figures
+        self._log_eval("test", self._evaluate("test"))  # evaluated once, after selection
+
+    def _log_eval(self, prefix: str, res: dict[str, EvalResult]) -> None:
+        m = res["agent"].metrics
+        keys = ("total_return", "max_drawdown", "win_rate", "trades", "final_equity", "sortino", "turnover")
+        self.log_dict({f"{prefix}/{k}": float(m[k]) for k in keys}, batch_size=1, prog_bar=False)
+        self.log(f"{prefix}/sharpe", float(m["sharpe"]), batch_size=1, prog_bar=True)
+        self.log(f"{prefix}/bh_sharpe", float(res["buy_and_hold"].metrics["sharpe"]), batch_size=1)
+        tb = self._tb()
+        if tb is not None:
+            from src.reporting import equity_figure
+
+            tb.add_figure(f"{prefix}/equity_curve", equity_figure(res, f"{self.market.name} {prefix}"), self.global_step)
+
+    # ---- checkpoint: the env's state travels with the weights ----
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tradelab"] = {"env_steps": self.env_steps, "market": self.market.describe()}
+        if self.env is not None:
+            e = self.env
+            checkpoint["tradelab"]["env"] = {"t": e.t.cpu(), "steps": e.steps.cpu(), "position": e.position.cpu(),
+                                             "equity": e.equity.cpu(), "generator": e.gen.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("tradelab", {})
+        self.env_steps = int(state.get("env_steps", 0))
+        self._saved_env = state.get("env")

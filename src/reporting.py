@@ -1,0 +1,115 @@
+"""Run outputs: metrics.json, report.md, trades_<split>.csv, equity.png and the console summary.
+
+Files are written to a temporary name and renamed, so a killed run never
+leaves a half-written report that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from src.evaluation import EvalResult  # noqa: E402
+
+TABLE_METRICS = (
+    ("total_return", "total return", "pct"), ("annual_return", "annual return", "pct"),
+    ("annual_volatility", "annual vol", "pct"), ("sharpe", "Sharpe", "num"), ("sortino", "Sortino", "num"),
+    ("max_drawdown", "max drawdown", "pct"), ("calmar", "Calmar", "num"), ("win_rate", "win rate", "pct"),
+    ("profit_factor", "profit factor", "num"), ("trades", "trades", "int"), ("turnover", "turnover / yr", "num"),
+    ("exposure", "exposure", "pct"),
+)
+NAMES = ("agent", "buy_and_hold", "flat")
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write to ``path.tmp`` then rename: readers see the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fmt(v: float, kind: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return {"pct": f"{100 * v:.2f}%", "num": f"{v:.3f}", "int": f"{int(v)}"}[kind]
+
+
+def metrics_table(results: dict[str, dict[str, EvalResult]]) -> str:
+    """Markdown table: one row per metric, one column per (split, policy)."""
+    cols = [(s, n) for s in results for n in NAMES if n in results[s]]
+    head = "| metric | " + " | ".join(f"{s} {n.replace('_', ' ')}" for s, n in cols) + " |"
+    lines = [head, "|---|" + "---:|" * len(cols)]
+    for key, label, kind in TABLE_METRICS:
+        lines.append(f"| {label} | " + " | ".join(_fmt(results[s][n].metrics[key], kind) for s, n in cols) + " |")
+    return "\n".join(lines)
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no inf/nan: null, see metrics.py for when a ratio is undefined
+    if isinstance(x, np.generic):
+        return _json_safe(x.item())
+    return x
+
+
+def metrics_payload(results: dict[str, dict[str, EvalResult]]) -> dict:
+    return _json_safe({s: {n: r.metrics for n, r in res.items()} for s, res in results.items()})
+
+
+def equity_figure(res: dict[str, EvalResult], title: str):
+    """Equity of the agent, buy-and-hold and flat, with the drawdowns underneath."""
+    fig, (ax, dd) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for name, style in (("agent", "-"), ("buy_and_hold", "--"), ("flat", ":")):
+        if name not in res:
+            continue
+        eq = res[name].ledger["equity"]
+        ax.plot(eq.index, eq.to_numpy(), style, label=f"{name.replace('_', ' ')} ({_fmt(res[name].metrics['total_return'], 'pct')})")
+        peak = np.maximum.accumulate(np.maximum(eq.to_numpy(), 1.0))
+        dd.plot(eq.index, eq.to_numpy() / peak - 1, style)
+    ax.set_ylabel("equity (start = 1)")
+    ax.set_title(title)
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    dd.set_ylabel("drawdown")
+    dd.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_run_outputs(run_dir: Path, results: dict[str, dict[str, EvalResult]], command: str, info: dict,
+                      title: str) -> str:
+    """Write every report file of a run and return the summary table for the console."""
+    run_dir = Path(run_dir)
+    for split, res in results.items():
+        led = res["agent"].ledger.copy()
+        led.insert(1, "buy_and_hold_equity", res["buy_and_hold"].ledger["equity"])
+        atomic_write(run_dir / f"trades_{split}.csv", led.to_csv(index_label="timestamp", float_format="%.10g"))
+    table = metrics_table(results)
+    atomic_write(run_dir / "metrics.json", json.dumps(metrics_payload(results), indent=2, sort_keys=True) + "\n")
+    last = list(results)[-1]
+    fig = equity_figure(results[last], f"{title}: {last} period")
+    tmp = run_dir / "equity.png.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, run_dir / "equity.png")
+    lines = [f"# {title}", "", "Command:", "", "```", command, "```", "", table, "",
+             "Costs are charged on every trade; buy-and-hold and flat run through the same env and costs.", "",
+             "## Run", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()]
+    atomic_write(run_dir / "report.md", "\n".join(lines) + "\n")
+    return table

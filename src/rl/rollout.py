@@ -1,0 +1,76 @@
+"""Preallocated (T, N) rollout storage and its collection loop, CleanRL order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from src.envs.market_env import MarketEnv, Obs
+
+
+@dataclass
+class Rollout:
+    """One rollout of T steps from N envs; every tensor is (T, N, ...) on the model's device."""
+
+    market: torch.Tensor
+    position: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    next_values: torch.Tensor
+    final_t: torch.Tensor
+    final_position: torch.Tensor
+    net_return: torch.Tensor
+    turnover: torch.Tensor
+
+    @classmethod
+    def allocate(cls, steps: int, env: MarketEnv) -> Rollout:
+        n, w, f = env.n, env.m.window, env.m.num_features
+        dev = env.m.device
+
+        def z(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.zeros(steps, n, *shape, dtype=dtype, device=dev)
+
+        return cls(market=z(w, f), position=z(1), actions=z(), logprobs=z(), values=z(), rewards=z(),
+                   terminated=z(dtype=torch.bool), truncated=z(dtype=torch.bool), next_values=z(),
+                   final_t=z(dtype=torch.long), final_position=z(), net_return=z(), turnover=z())
+
+    @property
+    def dones(self) -> torch.Tensor:
+        return self.terminated | self.truncated
+
+    def flat_obs(self) -> Obs:
+        t, n = self.actions.shape
+        return Obs(self.market.view(t * n, *self.market.shape[2:]), self.position.view(t * n, 1))
+
+
+@torch.no_grad()
+def collect(model: torch.nn.Module, env: MarketEnv, obs: Obs, buf: Rollout) -> Obs:
+    """Fill ``buf`` with ``buf.steps`` env steps; return the observation to continue from.
+
+    ``next_values`` is V(s_{t+1}) of the state reached: the next stored value,
+    V of the final observation for truncated episodes (one batched pass at
+    the end, so the loop has no host synchronisation), unused when terminated.
+    """
+    steps = buf.actions.shape[0]
+    for t in range(steps):
+        buf.market[t].copy_(obs.market)
+        buf.position[t].copy_(obs.position)
+        dist, value = model(obs)
+        action = dist.sample()
+        buf.actions[t], buf.logprobs[t], buf.values[t] = action, dist.log_prob(action), value
+        obs, reward, term, trunc, info = env.step(action)
+        buf.rewards[t], buf.terminated[t], buf.truncated[t] = reward, term, trunc
+        buf.final_t[t], buf.final_position[t] = info["final_t"], info["final_position"]
+        buf.net_return[t], buf.turnover[t] = info["net_return"], info["turnover"]
+    buf.next_values[:-1] = buf.values[1:]
+    buf.next_values[-1] = model.value(obs)
+    idx = buf.truncated.nonzero(as_tuple=True)
+    if idx[0].numel():
+        final = env.observe(buf.final_t[idx], buf.final_position[idx])
+        buf.next_values[idx] = model.value(final)
+    return obs

@@ -1,0 +1,51 @@
+"""Small helpers shared by the entry points: run provenance and one-line error reporting."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from src.errors import TradelabError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_revision() -> str:
+    """Current commit (with ``+dirty`` when the tree has changes), or ``unknown`` outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (rev + ("+dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def command_line() -> str:
+    """The command that started this process, as a user would type it."""
+    args = " ".join(a if " " not in a else repr(a) for a in sys.argv[1:])
+    mod = Path(sys.argv[0]).stem
+    return f"python -m src.{mod} {args}".strip()
+
+
+def one_line_errors(fn):
+    """Report :class:`TradelabError` as ``error: <message>`` on stderr and exit 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TradelabError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapper
