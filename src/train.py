@@ -84,6 +84,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         logger.log_hyperparams({"seed": cfg.seed, "parameters": info["parameters"], "data_sha256": market.data_hash,
                                 "git_revision": info["git_revision"], "cfg": json.dumps(resolved)})
     trainer.fit(module)
+    env_steps, grad_steps = module.env_steps, trainer.global_step  # before test() reloads the best checkpoint
 
     best = ckpt_cb.best_model_path
     if not best:  # the budget ended before the first validation: validate the final weights
@@ -92,7 +93,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         trainer.save_checkpoint(best)
     trainer.test(module, ckpt_path=best, verbose=False)
     results = {"val": module.results["val"], "test": module.results["test"]}
-    info.update({"best_checkpoint": str(best), "env_steps": module.env_steps, "gradient_steps": trainer.global_step,
+    info.update({"best_checkpoint": str(best), "env_steps": env_steps, "gradient_steps": grad_steps,
                  "wall_seconds": round(time.time() - started, 1)})
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
     title = f"{market.name}: agent vs buy-and-hold (selected on validation, test evaluated once)"

@@ -38,7 +38,7 @@ def _ema(x: pd.Series, span: int) -> pd.Series:
 
 
 def rsi(close: pd.Series, n: int = RSI_N) -> pd.Series:
-    """Wilder's RSI in [0, 100] (smoothing factor 1/n)."""
+    """Wilder's RSI in [0, 100]: smoothing factor 1/n, seeded with the first change (50 when flat)."""
     d = close.diff()
     up = d.clip(lower=0).ewm(alpha=1 / n, adjust=False).mean()
     down = (-d).clip(lower=0).ewm(alpha=1 / n, adjust=False).mean()

@@ -49,16 +49,18 @@ class MarketEnv:
         split: ``train``, ``val`` or ``test``.
         num_envs: N.
         random_start: training mode (random starts, episodes of
-            ``market.episode_length``, automatic reset); otherwise every
-            episode walks the whole split from its first decision bar once.
+            ``market.episode_length``); otherwise every episode walks the
+            whole split from its first decision bar once.
         generator: torch generator for start times (on ``market.device``).
+        auto_reset: restart finished episodes inside ``step`` (default: with ``random_start``).
     """
 
     def __init__(self, market: Market, split: str, num_envs: int, random_start: bool = True,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, auto_reset: bool | None = None) -> None:
         if num_envs <= 0:
             raise ValueError(f"num_envs must be > 0, got {num_envs}")
         self.m, self.split, self.n, self.random_start = market, split, num_envs, random_start
+        self.auto_reset = random_start if auto_reset is None else auto_reset
         self.first, self.last = market.decision_range(split)
         self.max_len = market.episode_length if random_start else self.last - self.first + 1
         self.rate = market.costs.rate
@@ -102,7 +104,7 @@ class MarketEnv:
 
         Returns:
             obs, reward (log growth net of costs), terminated, truncated, info.
-            For finished episodes (training mode) ``obs`` is already the next
+            With ``auto_reset``, for finished episodes ``obs`` is already the next
             episode's first observation; ``info["final_t"]`` and
             ``info["final_position"]`` give the state they ended on, for
             :meth:`observe` (bootstrapping truncated episodes).
@@ -131,7 +133,7 @@ class MarketEnv:
         terminated = equity <= self.m.min_equity
         truncated = ~terminated & ((self.steps >= self.max_len) | (nxt >= self.last + 1))
         info["final_t"], info["final_position"] = nxt, pos
-        if self.random_start:  # same-step reset without a host sync: where() over all envs
+        if self.auto_reset:  # same-step reset without a host sync: where() over all envs
             done = terminated | truncated
             nxt = torch.where(done, self._starts(self.n), nxt)
             self.steps.masked_fill_(done, 0)

@@ -1,0 +1,68 @@
+"""Re-evaluate a saved agent: ``python -m src.evaluate ckpt_path=<run>/checkpoints/best.ckpt split=test``.
+
+Any split (``train``, ``val``, ``test``) and any env (``env=btc``) can be
+given; without ``env=`` the checkpoint's own env config is used. The window
+length always comes from the checkpoint (the model was built for it). Another
+env is normalised with *its own* training split's statistics. Writes the same
+report files as a training run into a new directory under ``outputs/eval/``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.data.market import SPLITS
+from src.errors import ConfigError
+from src.evaluation import evaluate_split, model_policy
+from src.lit_module import PPOModule
+from src.reporting import write_run_outputs
+from src.utils import command_line, git_revision, one_line_errors
+
+
+def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
+    """Load a checkpoint with its market (the checkpoint's env, or ``env_cfg`` with the same window)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path: no checkpoint at {ckpt_path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        train_cfg = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
+    except KeyError:
+        raise ConfigError(f"ckpt_path: {ckpt_path} is not a tradelab checkpoint (no hyper_parameters.cfg)") from None
+    env = OmegaConf.merge(env_cfg, {"window": train_cfg.env.window}) if env_cfg else train_cfg.env
+    market = instantiate(env)
+    module = PPOModule.load_from_checkpoint(path, market=market, map_location="cpu", weights_only=False)
+    return module.eval()
+
+
+@one_line_errors
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns the metrics payload."""
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}, got {cfg.split!r}")
+    module = load_agent(cfg.ckpt_path, cfg.get("env"))
+    market = module.market
+    results = {cfg.split: evaluate_split(market, cfg.split, model_policy(module.model))}
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    info = {"command": command_line(), "checkpoint": str(cfg.ckpt_path), "git_revision": git_revision(),
+            "data": market.describe()}
+    title = f"{market.name}: re-evaluation of {Path(cfg.ckpt_path).name} on the {cfg.split} split"
+    table = write_run_outputs(run_dir, results, info["command"], info, title)
+    print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
