@@ -15,7 +15,6 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.market import SPLITS
@@ -23,7 +22,7 @@ from src.errors import ConfigError
 from src.evaluation import evaluate_split, model_policy
 from src.lit_module import PPOModule
 from src.reporting import write_run_outputs
-from src.utils import command_line, git_revision, one_line_errors
+from src.utils import build, command_line, git_revision, one_line_errors
 
 
 def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
@@ -37,7 +36,7 @@ def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
     except KeyError:
         raise ConfigError(f"ckpt_path: {ckpt_path} is not a tradelab checkpoint (no hyper_parameters.cfg)") from None
     env = OmegaConf.merge(env_cfg, {"window": train_cfg.env.window}) if env_cfg else train_cfg.env
-    market = instantiate(env)
+    market = build(env)
     module = PPOModule.load_from_checkpoint(path, market=market, map_location="cpu", weights_only=False)
     return module.eval()
 

@@ -14,7 +14,6 @@ from functools import partial
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -25,6 +24,7 @@ from src.optim.schedules import lr_multiplier
 from src.rl.gae import compute_gae
 from src.rl.ppo import PPOConfig, explained_variance, normalize_advantages, policy_loss, value_loss
 from src.rl.rollout import Rollout, collect
+from src.utils import build
 
 
 class _Forever(IterableDataset):
@@ -48,9 +48,9 @@ class PPOModule(L.LightningModule):
         self.save_hyperparameters(ignore=["market"])
         self.automatic_optimization = False
         self.cfg = OmegaConf.create(cfg)
-        self.ppo: PPOConfig = instantiate(self.cfg.algo)
+        self.ppo: PPOConfig = build(self.cfg.algo)
         self.market = market
-        self.model = instantiate(self.cfg.model, num_features=market.num_features, window=market.window)
+        self.model = build(self.cfg.model, num_features=market.num_features, window=market.window)
         self.env: MarketEnv | None = None
         self.obs: Obs | None = None
         self.buf: Rollout | None = None
@@ -77,7 +77,7 @@ class PPOModule(L.LightningModule):
             self.buf = Rollout.allocate(self.ppo.rollout_steps, self.env)
 
     def configure_optimizers(self):
-        opt = instantiate(self.cfg.optimizer)(self.model)
+        opt = build(self.cfg.optimizer)(self.model)
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1
         fn = partial(lr_multiplier, total_steps=total, **OmegaConf.to_container(self.cfg.scheduler, resolve=True))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)

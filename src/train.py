@@ -18,13 +18,12 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError, TradelabError
 from src.lit_module import PPOModule
 from src.reporting import atomic_write, write_run_outputs
-from src.utils import command_line, count_parameters, git_revision, one_line_errors
+from src.utils import build, command_line, count_parameters, git_revision, one_line_errors
 
 
 def _run_dir() -> Path:
@@ -32,7 +31,9 @@ def _run_dir() -> Path:
 
 
 def _callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    bar = cfg.trainer.get("enable_progress_bar", True)  # trainer.enable_progress_bar=false drops the bar callback
+    return [build(c) for k, c in (cfg.get("callbacks") or {}).items()
+            if c is not None and "_target_" in c and (bar or k != "progress_bar")]
 
 
 def _checkpoint_callback(trainer: L.Trainer):
@@ -61,8 +62,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    market = instantiate(cfg.env)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    market = build(cfg.env)
+    job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # tests compose with hydra's own node
+    resolved = OmegaConf.to_container(job_cfg, resolve=True)
     module = PPOModule(resolved, market)
     info = {
         "command": command_line(),
@@ -74,11 +76,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         "lightning": str(L.__version__),
     }
     module.hparams["run_info"] = info  # saved inside every checkpoint
-    atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
 
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_callbacks(cfg), logger=logger)
+    logger = build(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = build(cfg.trainer, callbacks=_callbacks(cfg), logger=logger)
     ckpt_cb = _checkpoint_callback(trainer)
     if logger:
         logger.log_hyperparams({"seed": cfg.seed, "parameters": info["parameters"], "data_sha256": market.data_hash,

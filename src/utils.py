@@ -49,3 +49,19 @@ def one_line_errors(fn):
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def build(node, *args, **kwargs):
+    """``hydra.utils.instantiate`` that lets our own errors through unwrapped (Hydra wraps them)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, *args, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, TradelabError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise

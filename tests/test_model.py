@@ -9,6 +9,7 @@ import torch
 from scipy import stats
 
 from src.envs.market_env import Obs
+from src.errors import ConfigError
 from src.models import mlp_actor_critic, transformer_actor_critic
 from src.models.distributions import ScaledBeta
 
@@ -51,5 +52,5 @@ def test_transformer_summary_depends_only_on_its_window():
     x2 = x.clone()
     x2[0, 0] += 1.0  # the oldest bar of the window does matter...
     assert not torch.allclose(model.value(Obs(x2, pos)), v1)
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ConfigError, match="divisible"):
         transformer_actor_critic(num_features=4, window=6, d_model=10, n_heads=3)

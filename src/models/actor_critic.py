@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.envs.market_env import Obs
+from src.errors import ConfigError
 from src.models.distributions import ScaledBeta
 
 
@@ -44,9 +45,9 @@ class TransformerEncoder(nn.Module):
                  d_ff: int = 128, dropout: float = 0.0, pool: str = "last") -> None:
         super().__init__()
         if d_model % n_heads:
-            raise ValueError(f"model.d_model ({d_model}) must be divisible by model.n_heads ({n_heads})")
+            raise ConfigError(f"model.d_model ({d_model}) must be divisible by model.n_heads ({n_heads})")
         if pool not in ("last", "mean"):
-            raise ValueError(f"model.pool must be 'last' or 'mean', got {pool!r}")
+            raise ConfigError(f"model.pool must be 'last' or 'mean', got {pool!r}")
         self.pool = pool
         self.inp = nn.Linear(num_features, d_model)
         self.pos = nn.Parameter(torch.randn(1, window, d_model) * 0.02)
