@@ -50,8 +50,12 @@ def evaluate(cfg: DictConfig) -> dict:
     market = module.market
     results = {cfg.split: evaluate_split(market, cfg.split, model_policy(module.model))}
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    info = {"command": command_line(), "checkpoint": str(cfg.ckpt_path), "git_revision": git_revision(),
-            "data": market.describe()}
+    info = {
+        "command": command_line(),
+        "checkpoint": str(cfg.ckpt_path),
+        "git_revision": git_revision(),
+        "data": market.describe(),
+    }
     title = f"{market.name}: re-evaluation of {Path(cfg.ckpt_path).name} on the {cfg.split} split"
     table = write_run_outputs(run_dir, results, info["command"], info, title)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -42,8 +41,9 @@ def run_policies(market: Market, split: str, policy: Policy | None) -> dict[str,
     fixed = torch.tensor([BASELINES[k] for k in BASELINES], device=market.device)
     env = MarketEnv(market, split, num_envs=len(names), random_start=False)
     obs = env.reset()
-    rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("t", "position", "turnover", "cost", "gross_return",
-                                                            "net_return", "equity")}
+    rows: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("t", "position", "turnover", "cost", "gross_return", "net_return", "equity")
+    }
     alive = torch.ones(len(names), dtype=torch.bool, device=market.device)
     for _ in range(env.max_len):
         action = torch.cat([policy(obs).reshape(1), fixed]) if policy is not None else fixed.clone()
@@ -65,14 +65,17 @@ def run_policies(market: Market, split: str, policy: Policy | None) -> dict[str,
 
 def ledger_metrics(ledger: pd.DataFrame, bars_per_year: float) -> dict[str, float]:
     """Metrics of a ledger: the only path from an evaluation to reported numbers."""
-    return compute_metrics(ledger["net_return"].to_numpy(), ledger["position"].to_numpy(),
-                           ledger["turnover"].to_numpy(), bars_per_year)
+    return compute_metrics(
+        ledger["net_return"].to_numpy(), ledger["position"].to_numpy(), ledger["turnover"].to_numpy(), bars_per_year
+    )
 
 
 def evaluate_split(market: Market, split: str, policy: Policy | None) -> dict[str, EvalResult]:
     """Ledgers and metrics of the agent and the baselines on ``split``."""
-    return {name: EvalResult(split, df, ledger_metrics(df, market.bars_per_year))
-            for name, df in run_policies(market, split, policy).items()}
+    return {
+        name: EvalResult(split, df, ledger_metrics(df, market.bars_per_year))
+        for name, df in run_policies(market, split, policy).items()
+    }
 
 
 def model_policy(model: torch.nn.Module) -> Policy:

@@ -14,11 +14,12 @@ from functools import partial
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
 
 from src.data.market import Market
 from src.envs.market_env import MarketEnv, Obs
+from src.errors import ConfigError
 from src.evaluation import EvalResult, evaluate_split, model_policy
 from src.optim.schedules import lr_multiplier
 from src.rl.gae import compute_gae
@@ -57,6 +58,7 @@ class PPOModule(L.LightningModule):
         self.env_steps = 0
         self.results: dict[str, dict[str, EvalResult]] = {}
         self._ep_acc: torch.Tensor | None = None  # running log growth of the episodes in progress
+        self._saved_env: dict | None = None
 
     # ---- data: the env is the data source; loaders only tick the loops ----
     def train_dataloader(self) -> DataLoader:
@@ -74,6 +76,8 @@ class PPOModule(L.LightningModule):
             gen.manual_seed(int(self.cfg.seed) * 1000 + self.global_rank)
             self.env = MarketEnv(self.market, "train", self.ppo.num_envs, random_start=True, generator=gen)
             self.obs = self.env.reset()
+            if self._saved_env is not None:  # resuming a fit from a checkpoint: continue the same episodes
+                self._restore_env(self._saved_env)
             self.buf = Rollout.allocate(self.ppo.rollout_steps, self.env)
 
     def configure_optimizers(self):
@@ -118,8 +122,14 @@ class PPOModule(L.LightningModule):
                 gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.max_grad_norm)
                 opt.step()
                 sched.step()
-                for k, val in (("policy_loss", pg), ("value_loss", vl), ("entropy", ent), ("loss", loss),
-                               ("grad_norm", gnorm), *diag.items()):
+                for k, val in (
+                    ("policy_loss", pg),
+                    ("value_loss", vl),
+                    ("entropy", ent),
+                    ("loss", loss),
+                    ("grad_norm", gnorm),
+                    *diag.items(),
+                ):
                     acc.setdefault(k, []).append(val.detach())
             if p.target_kl is not None and float(diag["approx_kl"]) > p.target_kl:
                 break  # CleanRL: stop the epochs once the policy moved too far
@@ -139,16 +149,18 @@ class PPOModule(L.LightningModule):
     def _log_train(self, b: Rollout, adv, ret, stats, done_eq, rollout_s: float, update_s: float) -> None:
         lr = self.optimizers().param_groups[0]["lr"]
         logs = {f"losses/{k}": v for k, v in stats.items()}
-        logs.update({
-            "losses/explained_variance": explained_variance(b.values.flatten(), ret.flatten()),
-            "charts/learning_rate": lr,
-            "charts/env_steps": float(self.env_steps),
-            "charts/sps": b.actions.numel() / max(rollout_s + update_s, 1e-9),
-            "charts/rollout_sps": b.actions.numel() / max(rollout_s, 1e-9),
-            "train/reward_mean": b.rewards.mean(),
-            "train/position_abs_mean": b.actions.abs().mean(),
-            "train/turnover_mean": b.turnover.mean(),
-        })
+        logs.update(
+            {
+                "losses/explained_variance": explained_variance(b.values.flatten(), ret.flatten()),
+                "charts/learning_rate": lr,
+                "charts/env_steps": float(self.env_steps),
+                "charts/sps": b.actions.numel() / max(rollout_s + update_s, 1e-9),
+                "charts/rollout_sps": b.actions.numel() / max(rollout_s, 1e-9),
+                "train/reward_mean": b.rewards.mean(),
+                "train/position_abs_mean": b.actions.abs().mean(),
+                "train/turnover_mean": b.turnover.mean(),
+            }
+        )
         if done_eq is not None:
             logs["train/episode_return"] = (done_eq - 1).mean()
             logs["train/episode_final_equity"] = done_eq.mean()
@@ -189,17 +201,35 @@ class PPOModule(L.LightningModule):
         if tb is not None:
             from src.reporting import equity_figure
 
-            tb.add_figure(f"{prefix}/equity_curve", equity_figure(res, f"{self.market.name} {prefix}"), self.global_step)
+            tb.add_figure(
+                f"{prefix}/equity_curve", equity_figure(res, f"{self.market.name} {prefix}"), self.global_step
+            )
 
     # ---- checkpoint: the env's state travels with the weights ----
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tradelab"] = {"env_steps": self.env_steps, "market": self.market.describe()}
         if self.env is not None:
             e = self.env
-            checkpoint["tradelab"]["env"] = {"t": e.t.cpu(), "steps": e.steps.cpu(), "position": e.position.cpu(),
-                                             "equity": e.equity.cpu(), "generator": e.gen.get_state()}
+            checkpoint["tradelab"]["env"] = {
+                "t": e.t.cpu(),
+                "steps": e.steps.cpu(),
+                "position": e.position.cpu(),
+                "equity": e.equity.cpu(),
+                "generator": e.gen.get_state(),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("tradelab", {})
         self.env_steps = int(state.get("env_steps", 0))
         self._saved_env = state.get("env")
+        if self.env is not None and self._saved_env is not None:
+            self._restore_env(self._saved_env)
+
+    def _restore_env(self, saved: dict) -> None:
+        e = self.env
+        if saved["t"].shape != e.t.shape:
+            raise ConfigError(f"the checkpoint has {saved['t'].numel()} envs, algo.num_envs is {e.n}")
+        for name in ("t", "steps", "position", "equity"):
+            getattr(e, name).copy_(saved[name].to(self.device))
+        e.gen.set_state(saved["generator"])
+        self.obs = e.observe(e.t, e.position)

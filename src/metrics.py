@@ -23,8 +23,20 @@ import math
 import numpy as np
 
 METRIC_NAMES = (
-    "total_return", "annual_return", "annual_volatility", "sharpe", "sortino", "max_drawdown", "calmar",
-    "win_rate", "profit_factor", "trades", "turnover", "exposure", "final_equity", "bars",
+    "total_return",
+    "annual_return",
+    "annual_volatility",
+    "sharpe",
+    "sortino",
+    "max_drawdown",
+    "calmar",
+    "win_rate",
+    "profit_factor",
+    "trades",
+    "turnover",
+    "exposure",
+    "final_equity",
+    "bars",
 )
 
 
@@ -43,8 +55,9 @@ def sharpe_ratio(returns: np.ndarray, bars_per_year: float) -> float:
     return 0.0 if sd == 0 else float(r.mean() / sd * math.sqrt(bars_per_year))
 
 
-def compute_metrics(returns: np.ndarray, positions: np.ndarray, turnover: np.ndarray,
-                    bars_per_year: float) -> dict[str, float]:
+def compute_metrics(
+    returns: np.ndarray, positions: np.ndarray, turnover: np.ndarray, bars_per_year: float
+) -> dict[str, float]:
     """All metrics of one equity path; see the module docstring for each definition."""
     r = np.asarray(returns, dtype=np.float64)
     pos = np.asarray(positions, dtype=np.float64)

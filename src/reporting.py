@@ -14,16 +14,23 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from src.evaluation import EvalResult  # noqa: E402
+from src.evaluation import EvalResult
 
 TABLE_METRICS = (
-    ("total_return", "total return", "pct"), ("annual_return", "annual return", "pct"),
-    ("annual_volatility", "annual vol", "pct"), ("sharpe", "Sharpe", "num"), ("sortino", "Sortino", "num"),
-    ("max_drawdown", "max drawdown", "pct"), ("calmar", "Calmar", "num"), ("win_rate", "win rate", "pct"),
-    ("profit_factor", "profit factor", "num"), ("trades", "trades", "int"), ("turnover", "turnover / yr", "num"),
+    ("total_return", "total return", "pct"),
+    ("annual_return", "annual return", "pct"),
+    ("annual_volatility", "annual vol", "pct"),
+    ("sharpe", "Sharpe", "num"),
+    ("sortino", "Sortino", "num"),
+    ("max_drawdown", "max drawdown", "pct"),
+    ("calmar", "Calmar", "num"),
+    ("win_rate", "win rate", "pct"),
+    ("profit_factor", "profit factor", "num"),
+    ("trades", "trades", "int"),
+    ("turnover", "turnover / yr", "num"),
     ("exposure", "exposure", "pct"),
 )
 NAMES = ("agent", "buy_and_hold", "flat")
@@ -78,7 +85,12 @@ def equity_figure(res: dict[str, EvalResult], title: str):
         if name not in res:
             continue
         eq = res[name].ledger["equity"]
-        ax.plot(eq.index, eq.to_numpy(), style, label=f"{name.replace('_', ' ')} ({_fmt(res[name].metrics['total_return'], 'pct')})")
+        ax.plot(
+            eq.index,
+            eq.to_numpy(),
+            style,
+            label=f"{name.replace('_', ' ')} ({_fmt(res[name].metrics['total_return'], 'pct')})",
+        )
         peak = np.maximum.accumulate(np.maximum(eq.to_numpy(), 1.0))
         dd.plot(eq.index, eq.to_numpy() / peak - 1, style)
     ax.set_ylabel("equity (start = 1)")
@@ -91,8 +103,19 @@ def equity_figure(res: dict[str, EvalResult], title: str):
     return fig
 
 
-def write_run_outputs(run_dir: Path, results: dict[str, dict[str, EvalResult]], command: str, info: dict,
-                      title: str) -> str:
+def _bullets(d: dict, indent: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += [f"{indent}- {k}:", *_bullets(v, indent + "  ")]
+        else:
+            out.append(f"{indent}- {k}: {v}")
+    return out
+
+
+def write_run_outputs(
+    run_dir: Path, results: dict[str, dict[str, EvalResult]], command: str, info: dict, title: str
+) -> str:
     """Write every report file of a run and return the summary table for the console."""
     run_dir = Path(run_dir)
     for split, res in results.items():
@@ -107,9 +130,22 @@ def write_run_outputs(run_dir: Path, results: dict[str, dict[str, EvalResult]], 
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, run_dir / "equity.png")
-    lines = [f"# {title}", "", "Command:", "", "```", command, "```", "", table, "",
-             "Costs are charged on every trade; buy-and-hold and flat run through the same env and costs.", "",
-             "## Run", ""]
-    lines += [f"- {k}: {v}" for k, v in info.items()]
+    lines = [
+        f"# {title}",
+        "",
+        "Command:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        table,
+        "",
+        "Costs are charged on every trade; buy-and-hold and flat run through the same env and costs.",
+        "",
+        "## Run",
+        "",
+    ]
+    lines += _bullets(info)
     atomic_write(run_dir / "report.md", "\n".join(lines) + "\n")
     return table

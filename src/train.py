@@ -32,8 +32,11 @@ def _run_dir() -> Path:
 
 def _callbacks(cfg: DictConfig) -> list[L.Callback]:
     bar = cfg.trainer.get("enable_progress_bar", True)  # trainer.enable_progress_bar=false drops the bar callback
-    return [build(c) for k, c in (cfg.get("callbacks") or {}).items()
-            if c is not None and "_target_" in c and (bar or k != "progress_bar")]
+    return [
+        build(c)
+        for k, c in (cfg.get("callbacks") or {}).items()
+        if c is not None and "_target_" in c and (bar or k != "progress_bar")
+    ]
 
 
 def _checkpoint_callback(trainer: L.Trainer):
@@ -83,8 +86,15 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     trainer: L.Trainer = build(cfg.trainer, callbacks=_callbacks(cfg), logger=logger)
     ckpt_cb = _checkpoint_callback(trainer)
     if logger:
-        logger.log_hyperparams({"seed": cfg.seed, "parameters": info["parameters"], "data_sha256": market.data_hash,
-                                "git_revision": info["git_revision"], "cfg": json.dumps(resolved)})
+        logger.log_hyperparams(
+            {
+                "seed": cfg.seed,
+                "parameters": info["parameters"],
+                "data_sha256": market.data_hash,
+                "git_revision": info["git_revision"],
+                "cfg": json.dumps(resolved),
+            }
+        )
     trainer.fit(module)
     env_steps, grad_steps = module.env_steps, trainer.global_step  # before test() reloads the best checkpoint
 
@@ -95,8 +105,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         trainer.save_checkpoint(best)
     trainer.test(module, ckpt_path=best, verbose=False)
     results = {"val": module.results["val"], "test": module.results["test"]}
-    info.update({"best_checkpoint": str(best), "env_steps": env_steps, "gradient_steps": grad_steps,
-                 "wall_seconds": round(time.time() - started, 1)})
+    info.update(
+        {
+            "best_checkpoint": str(best),
+            "env_steps": env_steps,
+            "gradient_steps": grad_steps,
+            "wall_seconds": round(time.time() - started, 1),
+        }
+    )
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
     title = f"{market.name}: agent vs buy-and-hold (selected on validation, test evaluated once)"
     table = write_run_outputs(run_dir, results, info["command"], info, title)

@@ -17,10 +17,23 @@ CONF = ROOT / "conf"
 
 # A run small enough for seconds on CPU: 2 PPO iterations of 8 envs x 32 steps.
 TINY = [
-    "env=synthetic", "env.n_bars=400", "env.window=8", "env.episode_length=32", "env.min_trade=0",
-    "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.d_ff=32", "model.head_hidden=16",
-    "algo.num_envs=8", "algo.rollout_steps=32", "algo.update_epochs=2", "algo.num_minibatches=2",
-    "trainer.max_steps=8", "trainer.val_check_interval=1", "trainer.enable_progress_bar=false",
+    "env=synthetic",
+    "env.n_bars=400",
+    "env.window=8",
+    "env.episode_length=32",
+    "env.min_trade=0",
+    "model.d_model=16",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    "model.d_ff=32",
+    "model.head_hidden=16",
+    "algo.num_envs=8",
+    "algo.rollout_steps=32",
+    "algo.update_epochs=2",
+    "algo.num_minibatches=2",
+    "trainer.max_steps=8",
+    "trainer.val_check_interval=1",
+    "trainer.enable_progress_bar=false",
 ]
 
 

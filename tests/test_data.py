@@ -27,14 +27,23 @@ def test_shipped_files_load():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda t: _edit(t, 5, "2000-01-05,1,2,0.5,1.5,100"), "line 5: duplicate timestamp 2000-01-05 (first on line 4)"),
+        (
+            lambda t: _edit(t, 5, "2000-01-05,1,2,0.5,1.5,100"),
+            "line 5: duplicate timestamp 2000-01-05 (first on line 4)",
+        ),
         (lambda t: _edit(t, 7, "not-a-date,1,2,0.5,1.5,100"), "line 7: unparsable timestamp 'not-a-date'"),
         (lambda t: _edit(t, 6, "1999-01-01,1,2,0.5,1.5,100"), "line 6: timestamp 1999-01-01 is not after"),
-        (lambda t: _edit(t, 9, t.splitlines()[8].rsplit(",", 2)[0] + ",nan,100"), "line 9: column close has non-numeric"),
+        (
+            lambda t: _edit(t, 9, t.splitlines()[8].rsplit(",", 2)[0] + ",nan,100"),
+            "line 9: column close has non-numeric",
+        ),
         (lambda t: _edit(t, 9, t.splitlines()[8].rsplit(",", 2)[0] + ",inf,100"), "line 9: column close"),
         (lambda t: _edit(t, 10, t.splitlines()[9].rsplit(",", 1)[0] + ","), "line 10: column volume"),
         (lambda t: _edit(t, 11, t.splitlines()[10].split(",")[0] + ",-1,2,0.5,1.5,100"), "line 11: non-positive open"),
-        (lambda t: _edit(t, 12, t.splitlines()[11].split(",")[0] + ",1,0.5,2,1,100"), "line 12: high 0.5 is below low 2"),
+        (
+            lambda t: _edit(t, 12, t.splitlines()[11].split(",")[0] + ",1,0.5,2,1,100"),
+            "line 12: high 0.5 is below low 2",
+        ),
         (lambda t: _edit(t, 13, t.splitlines()[12].split(",")[0] + ",1,2,0.5,3,100"), "line 13: close 3.0 is outside"),
         (lambda t: _edit(t, 14, t.splitlines()[13].split(",")[0] + ",1,2,0.5,1.5,-5"), "line 14: negative volume"),
         (lambda t: t.replace("volume", "vol", 1), "missing column(s) volume"),
@@ -138,8 +147,13 @@ def test_bars_per_year(freq, weekends, per_day, expected):
         ts = days
     else:
         step = pd.Timedelta(freq)
-        ts = pd.DatetimeIndex([d + pd.Timedelta(hours=13, minutes=30) * int(per_day < 24) + i * step
-                               for d in days for i in range(per_day)])
+        ts = pd.DatetimeIndex(
+            [
+                d + pd.Timedelta(hours=13, minutes=30) * int(per_day < 24) + i * step
+                for d in days
+                for i in range(per_day)
+            ]
+        )
     assert infer_bars_per_year(ts) == pytest.approx(expected)
 
 

@@ -24,15 +24,29 @@ def hand_market(fill: str = "open", min_trade: float = 0.0, window: int = 1) -> 
     else:
         post[1:] = c[1:] / c[:-1] - 1
     idx = pd.date_range("2024-01-01", periods=6, tz="UTC")
-    bars = pd.DataFrame({"open": o, "high": np.maximum(o, c), "low": np.minimum(o, c), "close": c, "volume": 1.0},
-                        index=idx)
+    bars = pd.DataFrame(
+        {"open": o, "high": np.maximum(o, c), "low": np.minimum(o, c), "close": c, "volume": 1.0}, index=idx
+    )
     feats = torch.arange(6, dtype=torch.float32)[:, None].repeat(1, 2)  # feature row t = (t, t)
-    return Market(name="hand", source="hand", data_hash="0", bars=bars, features=feats,
-                  pre=torch.tensor(pre, dtype=torch.float32), post=torch.tensor(post, dtype=torch.float32),
-                  splits={"train": (0, 6), "val": (0, 6), "test": (0, 6)}, window=window,
-                  costs=Costs(commission_bps=5, spread_bps=4, slippage_bps=3), fill=fill, bars_per_year=252,
-                  episode_length=100, min_trade=min_trade, min_equity=0.05, norm_mean=np.zeros(2),
-                  norm_std=np.ones(2))
+    return Market(
+        name="hand",
+        source="hand",
+        data_hash="0",
+        bars=bars,
+        features=feats,
+        pre=torch.tensor(pre, dtype=torch.float32),
+        post=torch.tensor(post, dtype=torch.float32),
+        splits={"train": (0, 6), "val": (0, 6), "test": (0, 6)},
+        window=window,
+        costs=Costs(commission_bps=5, spread_bps=4, slippage_bps=3),
+        fill=fill,
+        bars_per_year=252,
+        episode_length=100,
+        min_trade=min_trade,
+        min_equity=0.05,
+        norm_mean=np.zeros(2),
+        norm_std=np.ones(2),
+    )
 
 
 ACTIONS = [1.0, 1.0, -0.5, 0.0, 0.5]
@@ -44,8 +58,10 @@ def run(market: Market, actions=ACTIONS) -> list[dict]:
     out = []
     for a in actions:
         _, r, term, trunc, info = env.step(torch.tensor([a]))
-        out.append({k: float(v[0]) for k, v in info.items()} | {"reward": float(r[0]), "term": bool(term[0]),
-                                                               "trunc": bool(trunc[0])})
+        out.append(
+            {k: float(v[0]) for k, v in info.items()}
+            | {"reward": float(r[0]), "term": bool(term[0]), "trunc": bool(trunc[0])}
+        )
     return out
 
 

@@ -27,7 +27,7 @@ def test_metrics_hand_computed():
     assert m["sortino"] == pytest.approx(0.0175 / 0.025 * math.sqrt(252))
     # equity 1, 1.1, 1.045, 1.0659, 1.0659: worst fall 1.1 -> 1.045
     assert m["max_drawdown"] == pytest.approx(0.05)
-    assert m["calmar"] == pytest.approx((1.0659 ** 63 - 1) / 0.05)
+    assert m["calmar"] == pytest.approx((1.0659**63 - 1) / 0.05)
     # bars in the market: the first three (0.10, -0.05, 0.02)
     assert m["win_rate"] == pytest.approx(2 / 3)
     assert m["profit_factor"] == pytest.approx(0.12 / 0.05)

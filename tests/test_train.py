@@ -20,8 +20,17 @@ from tests.conftest import CONF, ROOT, TINY, compose_cfg, write_csv
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir()}
 OPTIONS = [(g, o) for g, opts in GROUPS.items() for o in opts if not (g in ("env", "callbacks") and o == "base")]
-OUTPUTS = ("config.yaml", "run_info.json", "metrics.json", "report.md", "trades_val.csv", "trades_test.csv",
-           "equity.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt")
+OUTPUTS = (
+    "config.yaml",
+    "run_info.json",
+    "metrics.json",
+    "report.md",
+    "trades_val.csv",
+    "trades_test.csv",
+    "equity.png",
+    "checkpoints/best.ckpt",
+    "checkpoints/last.ckpt",
+)
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
@@ -94,8 +103,9 @@ def test_bad_config_is_refused_before_training(tiny_cfg, tmp_path, capsys):
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.mark.slow
@@ -111,8 +121,15 @@ def test_cli_train_then_evaluate(tmp_path):
     again = json.loads((ev / "metrics.json").read_text())
     assert again["test"]["agent"] == pytest.approx(metrics["test"]["agent"])  # same agent, same split, same numbers
     other = tmp_path / "eval_val"
-    res = _cli("src.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", "split=val", "env=synthetic",
-               "env.seed=9", "env.n_bars=400", f"hydra.run.dir={other}")
+    res = _cli(
+        "src.evaluate",
+        f"ckpt_path={run}/checkpoints/best.ckpt",
+        "split=val",
+        "env=synthetic",
+        "env.seed=9",
+        "env.n_bars=400",
+        f"hydra.run.dir={other}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((other / "metrics.json").read_text())["val"]["agent"]["bars"] > 0
 

@@ -110,7 +110,9 @@ def validate_ohlcv(raw: pd.DataFrame, name: str) -> pd.DataFrame:
         bad = ~np.isfinite(num)
         if bad.any():
             i = _first(bad)
-            raise DataError(f"{name}: line {_line(i)}: column {c} has non-numeric, empty, NaN or inf value {raw[c].iloc[i]!r}")
+            raise DataError(
+                f"{name}: line {_line(i)}: column {c} has non-numeric, empty, NaN or inf value {raw[c].iloc[i]!r}"
+            )
         values[c] = num
     for c in PRICE_COLUMNS:
         bad = values[c] <= 0

@@ -105,8 +105,15 @@ class Market:
 
     def describe(self) -> dict:
         ts = self.bars.index
-        out = {"name": self.name, "source": self.source, "sha256": self.data_hash, "bars": len(ts),
-               "bars_per_year": self.bars_per_year, "cost_rate": self.costs.rate, "fill": self.fill}
+        out = {
+            "name": self.name,
+            "source": self.source,
+            "sha256": self.data_hash,
+            "bars": len(ts),
+            "bars_per_year": self.bars_per_year,
+            "cost_rate": self.costs.rate,
+            "fill": self.fill,
+        }
         for s, (a, b) in self.splits.items():
             out[s] = {"first": str(ts[a]), "last": str(ts[b - 1]), "bars": b - a}
         return out
@@ -141,11 +148,11 @@ def build_market(
     costs = costs if isinstance(costs, Costs) else Costs(**(costs or {}))
     split = dict(split or {"train": 0.7, "val": 0.15})
     tr, va = float(split.get("train", 0.7)), float(split.get("val", 0.15))
-    if not (0 < tr and 0 < va and tr + va < 1):
+    if not (tr > 0 and va > 0 and tr + va < 1):
         raise ConfigError(f"env.split must have train > 0, val > 0, train + val < 1, got {split}")
 
-    feats = compute_features(bars).iloc[warmup_bars():]
-    bars = bars.iloc[warmup_bars():]
+    feats = compute_features(bars).iloc[warmup_bars() :]
+    bars = bars.iloc[warmup_bars() :]
     n = len(bars)
     n_train, n_val = int(n * tr), int(n * va)
     n_test = n - n_train - n_val
@@ -176,10 +183,23 @@ def build_market(
         return torch.as_tensor(a, dtype=torch.float32)
 
     return Market(
-        name=name, source=source, data_hash=data_hash, bars=bars, features=f32(z), pre=f32(pre), post=f32(post),
-        splits=splits, window=window, costs=costs, fill=fill,
+        name=name,
+        source=source,
+        data_hash=data_hash,
+        bars=bars,
+        features=f32(z),
+        pre=f32(pre),
+        post=f32(post),
+        splits=splits,
+        window=window,
+        costs=costs,
+        fill=fill,
         bars_per_year=float(bars_per_year or infer_bars_per_year(bars.index)),
-        episode_length=episode_length, min_trade=min_trade, min_equity=min_equity, norm_mean=mean, norm_std=std,
+        episode_length=episode_length,
+        min_trade=min_trade,
+        min_equity=min_equity,
+        norm_mean=mean,
+        norm_std=std,
     )
 
 

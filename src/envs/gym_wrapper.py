@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -18,19 +20,22 @@ class TradingEnv(gym.Env):
     ``reset(options={"start": bar})`` starts at a given decision bar; otherwise a random one.
     """
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(self, market: Market, split: str = "train", random_start: bool = True) -> None:
         super().__init__()
         self.market = market.to("cpu")
         self._gen = torch.Generator()
-        self._env = MarketEnv(market, split, num_envs=1, random_start=random_start, generator=self._gen,
-                              auto_reset=False)
+        self._env = MarketEnv(
+            market, split, num_envs=1, random_start=random_start, generator=self._gen, auto_reset=False
+        )
         w, f = market.window, market.num_features
-        self.observation_space = spaces.Dict({
-            "market": spaces.Box(-NORM_CLIP, NORM_CLIP, (w, f), np.float32),  # features are clipped
-            "position": spaces.Box(-np.inf, np.inf, (1,), np.float32),
-        })
+        self.observation_space = spaces.Dict(
+            {
+                "market": spaces.Box(-NORM_CLIP, NORM_CLIP, (w, f), np.float32),  # features are clipped
+                "position": spaces.Box(-np.inf, np.inf, (1,), np.float32),
+            }
+        )
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
 
     @staticmethod

@@ -55,8 +55,15 @@ class MarketEnv:
         auto_reset: restart finished episodes inside ``step`` (default: with ``random_start``).
     """
 
-    def __init__(self, market: Market, split: str, num_envs: int, random_start: bool = True,
-                 generator: torch.Generator | None = None, auto_reset: bool | None = None) -> None:
+    def __init__(
+        self,
+        market: Market,
+        split: str,
+        num_envs: int,
+        random_start: bool = True,
+        generator: torch.Generator | None = None,
+        auto_reset: bool | None = None,
+    ) -> None:
         if num_envs <= 0:
             raise ValueError(f"num_envs must be > 0, got {num_envs}")
         self.m, self.split, self.n, self.random_start = market, split, num_envs, random_start
@@ -125,8 +132,13 @@ class MarketEnv:
         equity = self.equity * growth
         reward = torch.log(growth.clamp_min(EPS))
         info = {
-            "t": nxt.clone(), "position": held, "turnover": turnover, "gross_return": gross - 1,
-            "cost": gross - growth, "net_return": growth - 1, "equity": equity,
+            "t": nxt.clone(),
+            "position": held,
+            "turnover": turnover,
+            "gross_return": gross - 1,
+            "cost": gross - growth,
+            "net_return": growth - 1,
+            "equity": equity,
         }
         self.steps += 1
         pos = torch.where(g2 > EPS, held * (1 + post) / g2.clamp_min(EPS), torch.zeros_like(held))

@@ -41,8 +41,17 @@ class TransformerEncoder(nn.Module):
     already in the past of the decision bar, so no causal mask is needed.
     """
 
-    def __init__(self, num_features: int, window: int, d_model: int = 64, n_heads: int = 4, n_layers: int = 2,
-                 d_ff: int = 128, dropout: float = 0.0, pool: str = "last") -> None:
+    def __init__(
+        self,
+        num_features: int,
+        window: int,
+        d_model: int = 64,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        d_ff: int = 128,
+        dropout: float = 0.0,
+        pool: str = "last",
+    ) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ConfigError(f"model.d_model ({d_model}) must be divisible by model.n_heads ({n_heads})")
@@ -113,7 +122,8 @@ def transformer_actor_critic(num_features: int, window: int, head_hidden: int = 
     return ActorCritic(TransformerEncoder(num_features, window, **kwargs), head_hidden)
 
 
-def mlp_actor_critic(num_features: int, window: int, hidden: list[int] | tuple[int, ...] = (64, 64),
-                     head_hidden: int = 64) -> ActorCritic:
+def mlp_actor_critic(
+    num_features: int, window: int, hidden: list[int] | tuple[int, ...] = (64, 64), head_hidden: int = 64
+) -> ActorCritic:
     """Factory used by ``conf/model/mlp.yaml``."""
     return ActorCritic(MLPEncoder(num_features, window, tuple(hidden)), head_hidden)

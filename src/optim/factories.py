@@ -19,11 +19,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def adamw(model: nn.Module, lr: float = 3e-4, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-          eps: float = 1e-5) -> torch.optim.Optimizer:
+def adamw(
+    model: nn.Module,
+    lr: float = 3e-4,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-5,
+) -> torch.optim.Optimizer:
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
 
 
-def sgd(model: nn.Module, lr: float = 1e-2, weight_decay: float = 0.0, momentum: float = 0.9,
-        nesterov: bool = True) -> torch.optim.Optimizer:
+def sgd(
+    model: nn.Module, lr: float = 1e-2, weight_decay: float = 0.0, momentum: float = 0.9, nesterov: bool = True
+) -> torch.optim.Optimizer:
     return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)

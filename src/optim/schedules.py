@@ -7,8 +7,9 @@ import math
 KINDS = ("constant", "linear", "cosine")
 
 
-def lr_multiplier(step: int, total_steps: int, kind: str = "cosine", warmup_steps: int = 0,
-                  min_ratio: float = 0.0) -> float:
+def lr_multiplier(
+    step: int, total_steps: int, kind: str = "cosine", warmup_steps: int = 0, min_ratio: float = 0.0
+) -> float:
     """Linear warm-up over ``warmup_steps``, then ``kind`` decay to ``min_ratio`` at ``total_steps``."""
     if kind not in KINDS:
         raise ValueError(f"scheduler.kind must be one of {KINDS}, got {kind!r}")

@@ -14,8 +14,9 @@ def normalize_advantages(adv: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return (adv - adv.mean()) / (adv.std(unbiased=False) + eps)
 
 
-def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
-                clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def policy_loss(
+    new_logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate: mean of max(-A r, -A clip(r, 1 - c, 1 + c)), r = pi_new / pi_old.
 
     Returns the loss and diagnostics: ``approx_kl`` (the low-variance
@@ -67,8 +68,10 @@ class PPOConfig:
             if getattr(self, k) <= 0:
                 raise ConfigError(f"algo.{k} must be > 0, got {getattr(self, k)}")
         if self.batch_size % self.num_minibatches:
-            raise ConfigError(f"algo.num_minibatches ({self.num_minibatches}) must divide algo.num_envs x "
-                              f"algo.rollout_steps ({self.batch_size})")
+            raise ConfigError(
+                f"algo.num_minibatches ({self.num_minibatches}) must divide algo.num_envs x "
+                f"algo.rollout_steps ({self.batch_size})"
+            )
         for k in ("gamma", "gae_lambda"):
             if not 0 <= getattr(self, k) <= 1:
                 raise ConfigError(f"algo.{k} must be in [0, 1], got {getattr(self, k)}")

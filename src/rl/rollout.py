@@ -35,9 +35,21 @@ class Rollout:
         def z(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.zeros(steps, n, *shape, dtype=dtype, device=dev)
 
-        return cls(market=z(w, f), position=z(1), actions=z(), logprobs=z(), values=z(), rewards=z(),
-                   terminated=z(dtype=torch.bool), truncated=z(dtype=torch.bool), next_values=z(),
-                   final_t=z(dtype=torch.long), final_position=z(), net_return=z(), turnover=z())
+        return cls(
+            market=z(w, f),
+            position=z(1),
+            actions=z(),
+            logprobs=z(),
+            values=z(),
+            rewards=z(),
+            terminated=z(dtype=torch.bool),
+            truncated=z(dtype=torch.bool),
+            next_values=z(),
+            final_t=z(dtype=torch.long),
+            final_position=z(),
+            net_return=z(),
+            turnover=z(),
+        )
 
     @property
     def dones(self) -> torch.Tensor:
