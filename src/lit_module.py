@@ -94,7 +94,8 @@ class PPOModule(L.LightningModule):
         self.obs = collect(self.model, self.env, self.obs, self.buf)
         self.model.train()
         b, p = self.buf, self.ppo
-        adv, ret = compute_gae(b.rewards, b.values, b.next_values, b.terminated, b.dones, p.gamma, p.gae_lambda)
+        rewards = b.rewards * p.reward_scale  # value targets in log-percent, not ~1e-3 (reports use the ledger)
+        adv, ret = compute_gae(rewards, b.values, b.next_values, b.terminated, b.dones, p.gamma, p.gae_lambda)
         t1 = time.perf_counter()
         stats = self._update(b, adv.reshape(-1), ret.reshape(-1))
         t2 = time.perf_counter()

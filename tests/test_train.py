@@ -155,3 +155,38 @@ def test_cli_multirun(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert [p.name for p in runs] == ["0_synthetic_s0", "1_synthetic_s1"]
+
+
+def test_target_kl_stops_the_epochs_early(tiny_cfg, tmp_path):
+    """With a tiny target KL each iteration stops after one epoch, so the same gradient budget buys more env steps."""
+    train(tiny_cfg("algo.target_kl=1e-12", run_dir=tmp_path / "kl"))
+    info = json.loads((tmp_path / "kl" / "run_info.json").read_text())
+    assert info["gradient_steps"] == 8 and info["env_steps"] == 4 * 8 * 32  # 2 steps per iteration, not 4
+
+
+@pytest.fixture(scope="module")
+def baseline_metrics(tmp_path_factory):
+    run = tmp_path_factory.mktemp("base")
+    train(compose_cfg(TINY, run))
+    return (run / "metrics.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "flag", ["algo.norm_adv=false", "algo.reward_scale=1", "algo.ent_coef=0.5", "env.fill=close", "optimizer=sgd"]
+)
+def test_each_flag_changes_the_outcome(baseline_metrics, tmp_path, flag):
+    run = tmp_path / "run"
+    run.mkdir()
+    train(compose_cfg([*TINY, flag], run))
+    assert (run / "metrics.json").read_text() != baseline_metrics
+
+
+def test_value_clipping_changes_the_outcome_when_it_binds(tmp_path):
+    """A short run moves values by less than the default clip; a small clip binds, and the flag then matters."""
+    out = []
+    for flag in ("true", "false"):
+        run = tmp_path / flag
+        run.mkdir()
+        train(compose_cfg([*TINY, "algo.clip_coef=0.001", f"algo.clip_vloss={flag}"], run))
+        out.append((run / "metrics.json").read_text())
+    assert out[0] != out[1]

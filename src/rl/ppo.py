@@ -55,6 +55,7 @@ class PPOConfig:
     num_minibatches: int = 4
     gamma: float = 0.99
     gae_lambda: float = 0.95
+    reward_scale: float = 100.0
     clip_coef: float = 0.2
     clip_vloss: bool = True
     vf_coef: float = 0.5
@@ -75,6 +76,8 @@ class PPOConfig:
         for k in ("gamma", "gae_lambda"):
             if not 0 <= getattr(self, k) <= 1:
                 raise ConfigError(f"algo.{k} must be in [0, 1], got {getattr(self, k)}")
+        if self.reward_scale <= 0:
+            raise ConfigError(f"algo.reward_scale must be > 0, got {self.reward_scale}")
         for k in ("clip_coef", "vf_coef", "ent_coef", "max_grad_norm"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"algo.{k} must be >= 0, got {getattr(self, k)}")
