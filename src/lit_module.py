@@ -148,12 +148,13 @@ class PPOModule(L.LightningModule):
         return out
 
     def _log_train(self, b: Rollout, adv, ret, stats, done_eq, rollout_s: float, update_s: float) -> None:
-        lr = self.optimizers().param_groups[0]["lr"]
+        groups = self.optimizers().param_groups
         logs = {f"losses/{k}": v for k, v in stats.items()}
+        logs.update({f"charts/learning_rate_{g['optimizer']}": g["lr"] for g in groups if "optimizer" in g})
         logs.update(
             {
                 "losses/explained_variance": explained_variance(b.values.flatten(), ret.flatten()),
-                "charts/learning_rate": lr,
+                "charts/learning_rate": groups[0]["lr"],
                 "charts/env_steps": float(self.env_steps),
                 "charts/sps": b.actions.numel() / max(rollout_s + update_s, 1e-9),
                 "charts/rollout_sps": b.actions.numel() / max(rollout_s, 1e-9),

@@ -103,7 +103,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         trainer.validate(module, verbose=False)
         best = str(Path(ckpt_cb.dirpath) / "best.ckpt")
         trainer.save_checkpoint(best)
-    trainer.test(module, ckpt_path=best, verbose=False)
+    # our own checkpoint from this run; optimizer states (e.g. Shampoo preconditioners) are Python objects
+    trainer.test(module, ckpt_path=best, verbose=False, weights_only=False)
     results = {"val": module.results["val"], "test": module.results["test"]}
     info.update(
         {

@@ -43,9 +43,10 @@ def test_every_option_of_every_group_composes_and_builds(tmp_path, group, option
     elif group == "model":
         instantiate(cfg.model, num_features=10, window=30)
     elif group == "optimizer":
-        import torch
+        from src.models import mlp_actor_critic
 
-        instantiate(cfg.optimizer)(torch.nn.Linear(3, 2))
+        opt = instantiate(cfg.optimizer)(mlp_actor_critic(num_features=10, window=4))
+        assert sum(len(g["params"]) for g in opt.param_groups) > 0
 
 
 def _check_outputs(run: Path) -> dict:

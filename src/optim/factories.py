@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from src.errors import ConfigError
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: decayed matrices, and undecayed biases / norm gains (nanoGPT's rule)."""
@@ -33,3 +35,91 @@ def sgd(
     model: nn.Module, lr: float = 1e-2, weight_decay: float = 0.0, momentum: float = 0.9, nesterov: bool = True
 ) -> torch.optim.Optimizer:
     return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def muon(
+    model: nn.Module,
+    lr: float = 0.02,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    ns_steps: int = 5,
+    weight_decay: float = 0.01,
+    adjust_lr_fn: str | None = None,
+    adamw_lr: float = 3e-4,
+    adamw_betas: tuple[float, float] = (0.9, 0.999),
+    adamw_weight_decay: float = 0.01,
+    eps: float = 1e-5,
+) -> torch.optim.Optimizer:
+    """``torch.optim.Muon`` on the hidden matrices, AdamW on the rest (:mod:`src.optim.muon`)."""
+    from src.optim.muon import MuonAdamW, hidden_matrices
+
+    mats, rest = hidden_matrices(model)
+    if not mats:
+        raise ConfigError("optimizer=muon needs hidden weight matrices; this model has none (use adamw)")
+    inner = torch.optim.Muon(
+        mats,
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        ns_steps=ns_steps,
+        weight_decay=weight_decay,
+        adjust_lr_fn=adjust_lr_fn,
+    )
+    decay = [p for p in rest if p.dim() >= 2]
+    no_decay = [p for p in rest if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": adamw_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return MuonAdamW(inner, torch.optim.AdamW(groups, lr=adamw_lr, betas=tuple(adamw_betas), eps=eps))
+
+
+def shampoo(
+    model: nn.Module,
+    lr: float = 3e-4,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    start_preconditioning_step: int = 25,
+    preconditioning_compute_steps: int = 20,
+    block_size: int = 128,
+    graft_type: str = "rmsprop",
+    nesterov: bool = True,
+) -> torch.optim.Optimizer:
+    """Scalable Shampoo (Anil et al., 2020) from ``pytorch-optimizer``: blocked Kronecker
+    preconditioners for matrices, grafted onto ``graft_type`` step sizes; 1-D tensors
+    (biases, norm gains) fall back to the grafting optimizer's diagonal update."""
+    from pytorch_optimizer import ScalableShampoo
+    from pytorch_optimizer.optimizer.utils.graft import LayerWiseGrafting
+
+    graft = {g.name.lower(): g for g in LayerWiseGrafting}[graft_type]  # none, sgd, adagrad, rmsprop, sqrtn
+    return ScalableShampoo(
+        param_groups(model, weight_decay),
+        lr=lr,
+        betas=tuple(betas),
+        start_preconditioning_step=start_preconditioning_step,
+        preconditioning_compute_steps=preconditioning_compute_steps,
+        block_size=block_size,
+        graft_type=graft,
+        nesterov=nesterov,
+        decoupled_weight_decay=True,
+    )
+
+
+def soap(
+    model: nn.Module,
+    lr: float = 3e-3,
+    betas: tuple[float, float] = (0.95, 0.95),
+    weight_decay: float = 0.01,
+    precondition_frequency: int = 10,
+    max_precondition_dim: int = 10000,
+    precondition_1d: bool = False,
+) -> torch.optim.Optimizer:
+    """SOAP (Vyas et al., 2024) from ``pytorch-optimizer``: Adam in Shampoo's eigenbasis, refreshed
+    every ``precondition_frequency`` steps; 1-D tensors get plain Adam unless ``precondition_1d``."""
+    from pytorch_optimizer import SOAP
+
+    return SOAP(
+        param_groups(model, weight_decay),
+        lr=lr,
+        betas=tuple(betas),
+        precondition_frequency=precondition_frequency,
+        max_precondition_dim=max_precondition_dim,
+        precondition_1d=precondition_1d,
+    )
