@@ -5,7 +5,7 @@ STAMP := .make/installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format tensorboard clean
+.PHONY: help install train test test-fast lint format tensorboard clean compare-optimizers
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,3 +40,11 @@ tensorboard: $(STAMP)  ## serve the TensorBoard logs of every run under outputs/
 clean:  ## remove caches (run outputs under outputs/ are kept)
 	rm -rf .make .pytest_cache .ruff_cache src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+COMPARE_STEPS ?= 640
+COMPARE_DIR ?= outputs/multirun/optimizer_comparison_$(shell date +%Y-%m-%d_%H-%M-%S)
+compare-optimizers: $(STAMP)  ## every optimizer x 3 seeds on tsla and synthetic, same budget; writes experiments/optimizer_comparison/results.md
+	$(PYTHON) -m src.train -m optimizer=sgd,adamw,muon,shampoo,soap seed=0,1,2 env=tsla,synthetic \
+		trainer.max_steps=$(COMPARE_STEPS) trainer.enable_progress_bar=false hydra.sweep.dir=$(COMPARE_DIR)
+	$(PYTHON) experiments/optimizer_comparison/compare.py $(COMPARE_DIR) \
+		--command "make compare-optimizers COMPARE_STEPS=$(COMPARE_STEPS)"

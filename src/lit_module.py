@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -59,6 +60,7 @@ class PPOModule(L.LightningModule):
         self.results: dict[str, dict[str, EvalResult]] = {}
         self._ep_acc: torch.Tensor | None = None  # running log growth of the episodes in progress
         self._saved_env: dict | None = None
+        self.val_history: list[dict] = []
 
     # ---- data: the env is the data source; loaders only tick the loops ----
     def train_dataloader(self) -> DataLoader:
@@ -188,6 +190,25 @@ class PPOModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         res = self._evaluate("val")
         self._log_eval("val", res)
+        if self.trainer.state.fn == "fit":
+            self._record_val_history(res["agent"].metrics)
+
+    def _record_val_history(self, m: dict) -> None:
+        """``val_history.csv`` in the run directory: one row per validation, for learning curves."""
+        from src.reporting import atomic_write
+
+        self.val_history.append(
+            {
+                "gradient_steps": self.global_step,
+                "env_steps": self.env_steps,
+                **{k: m[k] for k in ("sharpe", "total_return", "max_drawdown", "exposure")},
+            }
+        )
+        if self.trainer.is_global_zero:
+            rows = [",".join(self.val_history[0])] + [
+                ",".join(f"{v:.10g}" for v in r.values()) for r in self.val_history
+            ]
+            atomic_write(Path(self.trainer.default_root_dir) / "val_history.csv", "\n".join(rows) + "\n")
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._log_eval("best_val", self._evaluate("val"))  # the selected model's validation figures

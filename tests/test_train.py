@@ -62,6 +62,8 @@ def _check_outputs(run: Path) -> dict:
         assert len(ledger) == metrics[split]["agent"]["bars"]
     assert "buy and hold" in (run / "report.md").read_text()
     assert list((run / "tb").glob("events.out.tfevents.*"))
+    history = pd.read_csv(run / "val_history.csv")
+    assert history.env_steps.iloc[-1] == json.loads((run / "run_info.json").read_text())["env_steps"]
     return metrics
 
 
@@ -156,6 +158,16 @@ def test_cli_multirun(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert [p.name for p in runs] == ["0_synthetic_s0", "1_synthetic_s1"]
+    res = subprocess.run(
+        [sys.executable, "experiments/optimizer_comparison/compare.py", str(sweep), "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| synthetic | adamw | 2 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0
 
 
 def test_target_kl_stops_the_epochs_early(tiny_cfg, tmp_path):

@@ -1,0 +1,114 @@
+"""Aggregate an optimizer-comparison multirun into ``results.md`` and ``learning_curves.png``.
+
+Usage: ``python experiments/optimizer_comparison/compare.py <sweep dir> [--out DIR]``.
+Reads each run's ``config.yaml``, ``metrics.json``, ``run_info.json`` and ``val_history.csv``
+and groups by (env, optimizer). Figures are mean ± sample std over seeds; env-steps/s is env
+steps / wall seconds of the whole run (training, validation and test included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import yaml
+
+
+def load_runs(sweep: Path) -> pd.DataFrame:
+    rows = []
+    for run in sorted(p.parent for p in sweep.rglob("metrics.json")):
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        m = json.loads((run / "metrics.json").read_text())
+        info = json.loads((run / "run_info.json").read_text())
+        rows.append(
+            {
+                "run": run,
+                "env": cfg["env"]["name"],
+                "optimizer": cfg["optimizer"]["_target_"].rsplit(".", 1)[-1],
+                "seed": cfg["seed"],
+                "val_sharpe": m["val"]["agent"]["sharpe"],
+                "test_sharpe": m["test"]["agent"]["sharpe"],
+                "test_return": m["test"]["agent"]["total_return"],
+                "test_mdd": m["test"]["agent"]["max_drawdown"],
+                "bh_test_sharpe": m["test"]["buy_and_hold"]["sharpe"],
+                "wall_s": info["wall_seconds"],
+                "env_steps": info["env_steps"],
+                "sps": info["env_steps"] / info["wall_seconds"],
+            }
+        )
+    if not rows:
+        raise SystemExit(f"error: no finished runs (metrics.json) under {sweep}")
+    return pd.DataFrame(rows)
+
+
+def _ms(x: pd.Series, fmt: str) -> str:
+    sd = statistics.stdev(x) if len(x) > 1 else 0.0
+    return f"{fmt.format(x.mean())} ± {fmt.replace('+', '').format(sd)}"
+
+
+def table(df: pd.DataFrame) -> str:
+    head = "| env | optimizer | seeds | val Sharpe | test Sharpe | test return | test max DD | wall s | env-steps/s |"
+    lines = [
+        head,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (env, opt), g in df.groupby(["env", "optimizer"], sort=True):
+        lines.append(
+            f"| {env} | {opt} | {len(g)} | {_ms(g.val_sharpe, '{:.3f}')} | {_ms(g.test_sharpe, '{:.3f}')} | "
+            f"{_ms(g.test_return, '{:+.2%}')} | {_ms(g.test_mdd, '{:.2%}')} | {_ms(g.wall_s, '{:.0f}')} | "
+            f"{_ms(g.sps, '{:.0f}')} |"
+        )
+    bh = df.groupby("env").bh_test_sharpe.first()
+    lines += ["", "Buy-and-hold test Sharpe: " + ", ".join(f"{e} {v:.3f}" for e, v in bh.items())]
+    return "\n".join(lines)
+
+
+def curves(df: pd.DataFrame, out: Path) -> None:
+    envs = sorted(df.env.unique())
+    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
+    for ax, env in zip(axes[0], envs, strict=True):
+        for opt, g in df[df.env == env].groupby("optimizer"):
+            hist = [
+                pd.read_csv(r / "val_history.csv").set_index("env_steps").sharpe
+                for r in g.run
+                if (r / "val_history.csv").exists()
+            ]
+            if not hist:
+                continue
+            h = pd.concat(hist, axis=1)
+            mean, sd = h.mean(axis=1), h.std(axis=1).fillna(0)
+            ax.plot(h.index, mean, label=f"{opt} ({h.shape[1]} seeds)")
+            ax.fill_between(h.index, mean - sd, mean + sd, alpha=0.2)
+        ax.set(title=f"{env}: validation Sharpe", xlabel="env steps", ylabel="Sharpe (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep", type=Path)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent)
+    ap.add_argument("--command", default="make compare-optimizers")
+    args = ap.parse_args()
+    df = load_runs(args.sweep)
+    curves(df, args.out / "learning_curves.png")
+    text = (
+        f"# Optimizer comparison\n\nCommand:\n\n```bash\n{args.command}\n```\n\n{table(df)}\n\n"
+        f"![validation Sharpe vs env steps](learning_curves.png)\n"
+    )
+    (args.out / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
