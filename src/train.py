@@ -18,6 +18,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError, TradelabError
@@ -30,20 +31,27 @@ def _run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def _callbacks(cfg: DictConfig) -> list[L.Callback]:
+def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
+    """The configured callbacks, plus selection by validation Sharpe when none provides it (``callbacks=none``)."""
     bar = cfg.trainer.get("enable_progress_bar", True)  # trainer.enable_progress_bar=false drops the bar callback
-    return [
+    cbs = [
         build(c)
         for k, c in (cfg.get("callbacks") or {}).items()
         if c is not None and "_target_" in c and (bar or k != "progress_bar")
     ]
-
-
-def _checkpoint_callback(trainer: L.Trainer):
-    cb = trainer.checkpoint_callback
-    if cb is None or cb.monitor != "val/sharpe":
-        raise ConfigError("callbacks must include a ModelCheckpoint monitoring val/sharpe (callbacks.model_checkpoint)")
-    return cb
+    if not any(isinstance(c, ModelCheckpoint) and c.monitor == "val/sharpe" for c in cbs):
+        cbs.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="best",
+                monitor="val/sharpe",
+                mode="max",
+                save_last=True,
+                save_top_k=1,
+                enable_version_counter=False,
+            )
+        )
+    return cbs
 
 
 @one_line_errors
@@ -83,8 +91,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
 
     logger = build(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = build(cfg.trainer, callbacks=_callbacks(cfg), logger=logger)
-    ckpt_cb = _checkpoint_callback(trainer)
+    trainer: L.Trainer = build(cfg.trainer, callbacks=_callbacks(cfg, run_dir), logger=logger)
+    ckpt_cb = next(c for c in trainer.checkpoint_callbacks if c.monitor == "val/sharpe")
     if logger:
         logger.log_hyperparams(
             {

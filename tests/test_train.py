@@ -203,3 +203,9 @@ def test_value_clipping_changes_the_outcome_when_it_binds(tmp_path):
         train(compose_cfg([*TINY, "algo.clip_coef=0.001", f"algo.clip_vloss={flag}"], run))
         out.append((run / "metrics.json").read_text())
     assert out[0] != out[1]
+
+
+def test_callbacks_none_still_selects_on_validation(tiny_cfg, tmp_path):
+    train(tiny_cfg("callbacks=none"))
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+    assert json.loads((tmp_path / "run" / "run_info.json").read_text())["best_checkpoint"].endswith("best.ckpt")
