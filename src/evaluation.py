@@ -46,7 +46,7 @@ def run_policies(market: Market, split: str, policy: Policy | None) -> dict[str,
     }
     alive = torch.ones(len(names), dtype=torch.bool, device=market.device)
     for _ in range(env.max_len):
-        action = torch.cat([policy(obs).reshape(1), fixed]) if policy is not None else fixed.clone()
+        action = torch.cat([policy(obs).reshape(1), fixed]) if policy is not None else fixed
         action = torch.where(alive, action, torch.zeros_like(action))
         obs, _, terminated, _, info = env.step(action)
         for k in rows:

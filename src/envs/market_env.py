@@ -37,9 +37,6 @@ class Obs:
     market: torch.Tensor  # (N, window, F)
     position: torch.Tensor  # (N, 1)
 
-    def clone(self) -> Obs:
-        return Obs(self.market.clone(), self.position.clone())
-
 
 class MarketEnv:
     """N parallel episodes over one split of a :class:`Market`.
@@ -132,7 +129,7 @@ class MarketEnv:
         equity = self.equity * growth
         reward = torch.log(growth.clamp_min(EPS))
         info = {
-            "t": nxt.clone(),
+            "t": nxt.clone(),  # reset() writes self.t in place; callers keep this
             "position": held,
             "turnover": turnover,
             "gross_return": gross - 1,

@@ -6,15 +6,17 @@ positional table); biases and norm gains are not decayed (:func:`param_groups`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
 from src.errors import ConfigError
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
     """Two groups: decayed matrices, and undecayed biases / norm gains (nanoGPT's rule)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in params if p.requires_grad]
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
@@ -28,13 +30,13 @@ def adamw(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-5,
 ) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+    return torch.optim.AdamW(param_groups(model.parameters(), weight_decay), lr=lr, betas=tuple(betas), eps=eps)
 
 
 def sgd(
     model: nn.Module, lr: float = 1e-2, weight_decay: float = 0.0, momentum: float = 0.9, nesterov: bool = True
 ) -> torch.optim.Optimizer:
-    return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
+    return torch.optim.SGD(param_groups(model.parameters(), weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
 
 
 def muon(
@@ -65,9 +67,7 @@ def muon(
         weight_decay=weight_decay,
         adjust_lr_fn=adjust_lr_fn,
     )
-    decay = [p for p in rest if p.dim() >= 2]
-    no_decay = [p for p in rest if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": adamw_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = param_groups(rest, adamw_weight_decay)
     return MuonAdamW(inner, torch.optim.AdamW(groups, lr=adamw_lr, betas=tuple(adamw_betas), eps=eps))
 
 
@@ -90,7 +90,7 @@ def shampoo(
 
     graft = {g.name.lower(): g for g in LayerWiseGrafting}[graft_type]  # none, sgd, adagrad, rmsprop, sqrtn
     return ScalableShampoo(
-        param_groups(model, weight_decay),
+        param_groups(model.parameters(), weight_decay),
         lr=lr,
         betas=tuple(betas),
         start_preconditioning_step=start_preconditioning_step,
@@ -116,7 +116,7 @@ def soap(
     from pytorch_optimizer import SOAP
 
     return SOAP(
-        param_groups(model, weight_decay),
+        param_groups(model.parameters(), weight_decay),
         lr=lr,
         betas=tuple(betas),
         precondition_frequency=precondition_frequency,
