@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 
 class IterationProgressBar(TQDMProgressBar):
@@ -25,3 +30,109 @@ class IterationProgressBar(TQDMProgressBar):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         return items
+
+
+class Interrupted(Exception):
+    """Raised by :class:`GracefulInterrupt` once ``last.ckpt`` holds the interrupted state."""
+
+    def __init__(self, signal_name: str, step: int, path: Path) -> None:
+        super().__init__(f"{signal_name} at gradient step {step}; saved {path}")
+        self.signal_name, self.step, self.path = signal_name, step, path
+
+
+class GracefulInterrupt(Callback):
+    """SIGINT / SIGTERM: finish the current PPO iteration (and its validation, if one is due), save
+    ``last.ckpt`` and raise :class:`Interrupted`, which ``src.train`` turns into a clean exit.
+
+    Stopping by exception rather than ``trainer.should_stop`` matters: Lightning validates once more
+    when asked to stop, and that extra validation (and the checkpoints it triggers) would make the
+    resumed run differ from an uninterrupted one. The handlers are installed when training starts
+    (after Lightning's own) and restored when it ends. A second Ctrl-C stops at once
+    (``KeyboardInterrupt``); ``last.ckpt`` is then the previous one, intact (atomic writes).
+    """
+
+    def __init__(self, last_path: str | Path) -> None:
+        self.last_path = Path(last_path)
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(f"\n{self.received} received: finishing this iteration, then saving {self.last_path}", flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.received is None:
+            return
+        loop = trainer.fit_loop.epoch_loop
+        if loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            return  # the uninterrupted run validates now: stop after that validation instead
+        self._stop(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.received is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._stop(trainer)
+
+    def _stop(self, trainer) -> None:
+        trainer.save_checkpoint(self.last_path)
+        self._restore()
+        raise Interrupted(self.received, trainer.global_step, self.last_path)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MiB (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class ResourceMonitor(Callback):
+    """Logs resident memory and wall-clock env-steps/s (validation included) each PPO iteration.
+
+    With ``csv`` it also appends one row per iteration to that file (time, gradient and env
+    steps, RSS): the soak test in ``experiments/reliability`` reads it.
+    """
+
+    def __init__(self, csv: str | None = None) -> None:
+        self.csv = Path(csv) if csv else None
+        self._t0: float | None = None
+        self._last: tuple[float, int] | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0 = time.monotonic()
+        self._last = (self._t0, pl_module.env_steps)
+        if self.csv is not None and not self.csv.exists():
+            self.csv.parent.mkdir(parents=True, exist_ok=True)
+            self.csv.write_text("seconds,gradient_steps,env_steps,rss_mb\n")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now, rss = time.monotonic(), rss_mb()
+        t_last, s_last = self._last
+        sps = (pl_module.env_steps - s_last) / max(now - t_last, 1e-9)
+        self._last = (now, pl_module.env_steps)
+        pl_module.log_dict({"charts/rss_mb": rss, "charts/wall_sps": sps}, on_step=True, on_epoch=False, batch_size=1)
+        if self.csv is not None:
+            with open(self.csv, "a") as f:
+                f.write(f"{now - self._t0:.2f},{trainer.global_step},{pl_module.env_steps},{rss:.1f}\n")

@@ -11,3 +11,7 @@ class DataError(TradelabError):
 
 class ConfigError(TradelabError):
     """A configuration value is invalid; the message names the key."""
+
+
+class NumericalFault(TradelabError):
+    """Training produced NaN/inf values too often to continue, or non-finite weights."""

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from src.checkpoint import load_checkpoint
 from src.data.market import SPLITS
 from src.errors import ConfigError
 from src.evaluation import evaluate_split, model_policy
@@ -27,17 +27,18 @@ from src.utils import build, command_line, git_revision, one_line_errors
 
 def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
     """Load a checkpoint with its market (the checkpoint's env, or ``env_cfg`` with the same window)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint at {ckpt_path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
     try:
-        train_cfg = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
-    except KeyError:
+        ckpt = load_checkpoint(ckpt_path)  # weights_only with an allow-list: a tampered file is refused
+    except ConfigError as e:
+        raise ConfigError(f"ckpt_path: {e}") from None
+    try:
+        cfg = ckpt["hyper_parameters"]["cfg"]
+    except (KeyError, TypeError):
         raise ConfigError(f"ckpt_path: {ckpt_path} is not a tradelab checkpoint (no hyper_parameters.cfg)") from None
+    train_cfg = OmegaConf.create(cfg)
     env = OmegaConf.merge(env_cfg, {"window": train_cfg.env.window}) if env_cfg else train_cfg.env
-    market = build(env)
-    module = PPOModule.load_from_checkpoint(path, market=market, map_location="cpu", weights_only=False)
+    module = PPOModule(cfg, build(env))
+    module.load_state_dict(ckpt["state_dict"])
     return module.eval()
 
 

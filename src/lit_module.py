@@ -18,9 +18,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
 
+from src.checkpoint import rng_state, set_rng_state
 from src.data.market import Market
 from src.envs.market_env import MarketEnv, Obs
-from src.errors import ConfigError
+from src.errors import ConfigError, NumericalFault
 from src.evaluation import EvalResult, evaluate_split, model_policy
 from src.optim.schedules import lr_multiplier
 from src.rl.gae import compute_gae
@@ -60,14 +61,20 @@ class PPOModule(L.LightningModule):
         self.results: dict[str, dict[str, EvalResult]] = {}
         self._ep_acc: torch.Tensor | None = None  # running log growth of the episodes in progress
         self._saved_env: dict | None = None
+        self._saved_rng: dict | None = None
         self.val_history: list[dict] = []
+        self.max_faults = int(self.cfg.get("faults", {}).get("max_consecutive", 3))
+        if self.max_faults < 1:
+            raise ConfigError(f"faults.max_consecutive must be >= 1, got {self.max_faults}")
+        self.faults = {"consecutive": 0, "total": 0}
 
     # ---- data: the env is the data source; loaders only tick the loops ----
+    # (own generators: creating an iterator must not draw from the global RNG, or resumed runs would diverge)
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Forever(), batch_size=None)
+        return DataLoader(_Forever(), batch_size=None, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader([0], batch_size=None)
+        return DataLoader([0], batch_size=None, generator=torch.Generator())
 
     test_dataloader = val_dataloader
 
@@ -96,13 +103,28 @@ class PPOModule(L.LightningModule):
         self.obs = collect(self.model, self.env, self.obs, self.buf)
         self.model.train()
         b, p = self.buf, self.ppo
+        self.env_steps += p.batch_size
+        ep_log = self._episode_log_returns(b)
+        fault = _first_nonfinite(
+            ("observations", b.market),
+            ("rewards", b.rewards),
+            ("values", b.values),
+            ("next values", b.next_values),
+            ("log-probabilities", b.logprobs),
+        )
+        if fault:
+            self._fault(f"non-finite {fault} in the rollout")
+            return
         rewards = b.rewards * p.reward_scale  # value targets in log-percent, not ~1e-3 (reports use the ledger)
         adv, ret = compute_gae(rewards, b.values, b.next_values, b.terminated, b.dones, p.gamma, p.gae_lambda)
         t1 = time.perf_counter()
         stats = self._update(b, adv.reshape(-1), ret.reshape(-1))
         t2 = time.perf_counter()
-        self.env_steps += p.batch_size
-        ep_log = self._episode_log_returns(b)
+        if "fault" in stats:
+            self._fault(stats["fault"])
+            return
+        self._check_weights("after the update")
+        self.faults["consecutive"] = 0
         done_eq = torch.exp(ep_log[b.dones]) if bool(b.dones.any()) else None  # one sync per rollout
         self._log_train(b, adv, ret, stats, done_eq, rollout_s=t1 - t0, update_s=t2 - t1)
 
@@ -123,6 +145,10 @@ class PPOModule(L.LightningModule):
                 opt.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
                 gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.max_grad_norm)
+                bad = _first_nonfinite(("loss", loss), ("gradients", gnorm))  # one host sync per minibatch
+                if bad:
+                    opt.zero_grad(set_to_none=True)
+                    return {"fault": f"non-finite {bad} at gradient step {self.global_step}"}
                 opt.step()
                 sched.step()
                 for k, val in (
@@ -137,6 +163,33 @@ class PPOModule(L.LightningModule):
             if p.target_kl is not None and float(diag["approx_kl"]) > p.target_kl:
                 break  # CleanRL: stop the epochs once the policy moved too far
         return {k: torch.stack(v).mean() for k, v in acc.items()}
+
+    def _fault(self, what: str) -> None:
+        """Skip this iteration's (remaining) update; stop after ``faults.max_consecutive`` in a row."""
+        self.faults["consecutive"] += 1
+        self.faults["total"] += 1
+        self.log_dict(
+            {
+                "faults/skipped_updates": float(self.faults["total"]),
+                "faults/consecutive": float(self.faults["consecutive"]),
+            },
+            on_step=True,
+            on_epoch=False,
+            batch_size=1,
+        )
+        print(f"numerical fault: {what}; update skipped ({self.faults['consecutive']} in a row)", flush=True)
+        if self.faults["consecutive"] >= self.max_faults:
+            raise NumericalFault(
+                f"stopping: {self.faults['consecutive']} consecutive numerical faults (faults.max_consecutive="
+                f"{self.max_faults}); last: {what}"
+            )
+
+    def _check_weights(self, when: str) -> None:
+        bad = [n for n, w in self.model.named_parameters() if not bool(torch.isfinite(w).all())]
+        if bad:
+            raise NumericalFault(
+                f"stopping: non-finite weights {when} at step {self.global_step} ({', '.join(bad[:3])})"
+            )
 
     def _episode_log_returns(self, b: Rollout) -> torch.Tensor:
         """Log growth of each episode that ended inside this rollout, at its end step (else 0)."""
@@ -188,6 +241,7 @@ class PPOModule(L.LightningModule):
         return res
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        self._check_weights("before validation")
         res = self._evaluate("val")
         self._log_eval("val", res)
         if self.trainer.state.fn == "fit":
@@ -228,9 +282,17 @@ class PPOModule(L.LightningModule):
                 f"{prefix}/equity_curve", equity_figure(res, f"{self.market.name} {prefix}"), self.global_step
             )
 
-    # ---- checkpoint: the env's state travels with the weights ----
+    # ---- checkpoint: env, RNG, fault counters and history travel with the weights ----
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tradelab"] = {"env_steps": self.env_steps, "market": self.market.describe()}
+        self._check_weights("at a checkpoint")  # a NaN model is never saved, as best or as last
+        checkpoint["tradelab"] = {
+            "env_steps": self.env_steps,
+            "market": self.market.describe(),
+            "rng": rng_state(),
+            "faults": dict(self.faults),
+            "val_history": [dict(r) for r in self.val_history],
+            "episode_log_growth": None if self._ep_acc is None else self._ep_acc.cpu(),
+        }
         if self.env is not None:
             e = self.env
             checkpoint["tradelab"]["env"] = {
@@ -243,10 +305,27 @@ class PPOModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("tradelab", {})
+        saved_hash = state.get("market", {}).get("sha256")
+        if saved_hash is not None and saved_hash != self.market.data_hash:
+            raise ConfigError(
+                f"the checkpoint was trained on data with SHA-256 {saved_hash[:12]}..., but {self.market.source} "
+                f"now has {self.market.data_hash[:12]}...: the data changed; start a new run"
+            )
         self.env_steps = int(state.get("env_steps", 0))
+        self.faults = dict(state.get("faults", self.faults))
+        self.val_history = [dict(r) for r in state.get("val_history", [])]
+        acc = state.get("episode_log_growth")
+        self._ep_acc = None if acc is None else acc.to(self.device)
+        self._saved_rng = state.get("rng")
         self._saved_env = state.get("env")
         if self.env is not None and self._saved_env is not None:
             self._restore_env(self._saved_env)
+
+    def on_train_start(self) -> None:
+        # after Lightning's restore and loop set-up: the next draw is the one the interrupted run made next
+        if self._saved_rng is not None:
+            set_rng_state(self._saved_rng)
+            self._saved_rng = None
 
     def _restore_env(self, saved: dict) -> None:
         e = self.env
@@ -256,3 +335,11 @@ class PPOModule(L.LightningModule):
             getattr(e, name).copy_(saved[name].to(self.device))
         e.gen.set_state(saved["generator"])
         self.obs = e.observe(e.t, e.position)
+
+
+def _first_nonfinite(*named: tuple[str, torch.Tensor]) -> str | None:
+    """Name of the first tensor holding a NaN or inf, else None (one host sync in the common case)."""
+    ok = torch.stack([torch.isfinite(x).all() for _, x in named])
+    if bool(ok.all()):
+        return None
+    return next(name for (name, _), good in zip(named, ok.tolist(), strict=True) if not good)

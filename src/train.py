@@ -5,12 +5,18 @@ validation-based checkpoint selection, evaluates the selected checkpoint once
 on the test split, and writes the run's reports beside its checkpoints and
 TensorBoard logs. Returns the selected model's validation Sharpe (what a
 sweeper optimises; never the test figure).
+
+SIGINT/SIGTERM stop training after the current iteration with a fresh
+``last.ckpt``; ``python -m src.train resume=<run dir>`` continues any
+interrupted run (also one killed with SIGKILL) from its ``last.ckpt`` with the
+configuration saved in that directory, reproducing the uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -19,8 +25,10 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.callbacks import GracefulInterrupt, Interrupted
+from src.checkpoint import AtomicCheckpointIO
 from src.errors import ConfigError, TradelabError
 from src.lit_module import PPOModule
 from src.reporting import atomic_write, write_run_outputs
@@ -58,23 +66,83 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
 def train(cfg: DictConfig) -> float:
     """Run one training job; see the module docstring."""
     run_dir = _run_dir()
-    if (run_dir / "metrics.json").exists():
+    resume = bool(cfg.get("resume"))
+    if resume:
+        cfg = _resume_config(cfg, run_dir)
+    elif (run_dir / "metrics.json").exists():
         raise ConfigError(f"{run_dir} already holds a finished run (metrics.json); refusing to overwrite it")
     try:
-        return _train(cfg, run_dir)
-    except TradelabError:
-        if not (run_dir / "metrics.json").exists():
+        return _train(cfg, run_dir, resume)
+    except TradelabError as e:
+        if (run_dir / "metrics.json").exists():
+            raise
+        if resume or any((run_dir / "checkpoints").glob("*.ckpt")):  # keep the checkpoints, mark the failure
+            atomic_write(run_dir / "FAILED", f"{e}\n")
+        else:
             shutil.rmtree(run_dir, ignore_errors=True)  # leave nothing that looks like a run
         raise
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> float:
+def _resume_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """The configuration saved in ``run_dir``; overrides given with ``resume=`` must agree with it."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"resume={cfg.resume}: {run_dir} is not a run directory (no config.yaml)")
+    if (run_dir / "metrics.json").exists():
+        raise ConfigError(f"resume={cfg.resume}: that run has finished (metrics.json exists); nothing to resume")
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    old_dir = str(saved.trainer.default_root_dir)
+
+    def move(x):  # the run directory may have moved since it was written (another clone, a copy)
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [move(v) for v in x]
+        if isinstance(x, str) and (x == old_dir or x.startswith(old_dir + "/")):
+            return str(run_dir) + x[len(old_dir) :]
+        return x
+
+    saved = OmegaConf.create(move(OmegaConf.to_container(saved)))
+    given = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    for ov in HydraConfig.get().overrides.task if HydraConfig.initialized() else []:
+        key = ov.split("=", 1)[0].lstrip("+~")
+        if key == "resume" or key.startswith("hydra.") or "=" not in ov:
+            continue
+        now, then = OmegaConf.select(given, key), OmegaConf.select(saved, key)
+        now = OmegaConf.to_container(now, resolve=True) if OmegaConf.is_config(now) else now
+        then = OmegaConf.to_container(then, resolve=True) if OmegaConf.is_config(then) else then
+        if now != then:
+            raise ConfigError(
+                f"resume={cfg.resume}: override {ov!r} disagrees with the run's saved config.yaml "
+                f"({key} = {then!r}); a resumed run keeps its configuration: drop the override or start a new run"
+            )
+    with open_dict(saved):
+        saved.resume = str(run_dir)
+    return saved
+
+
+def _check_device(cfg: DictConfig) -> None:
+    """Refuse (or, with ``allow_cpu_fallback=true``, fall back from) a GPU accelerator on a machine without one."""
+    accel = str(cfg.trainer.get("accelerator", "cpu")).lower()
+    if accel in ("gpu", "cuda") and not torch.cuda.is_available():
+        if not cfg.get("allow_cpu_fallback"):
+            raise ConfigError(
+                f"trainer.accelerator={accel} but no CUDA device is available (torch {torch.__version__}); "
+                "use trainer=default, or add allow_cpu_fallback=true to run on the CPU"
+            )
+        print("warning: no CUDA device; allow_cpu_fallback=true: training on the CPU in fp32", flush=True)
+        with open_dict(cfg):
+            cfg.trainer.accelerator = "cpu"
+            cfg.trainer.precision = "32-true"
+
+
+def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     started = time.time()
+    _check_device(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     market = build(cfg.env)
-    job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # tests compose with hydra's own node
+    job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("hydra", "resume")])
     resolved = OmegaConf.to_container(job_cfg, resolve=True)
     module = PPOModule(resolved, market)
     info = {
@@ -86,13 +154,25 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         "torch": str(torch.__version__),
         "lightning": str(L.__version__),
     }
+    if resume:
+        first = json.loads((run_dir / "run_info.json").read_text())
+        info["command"] = first["command"]
+        info["resumed"] = [*first.get("resumed", []), {"command": command_line(), "git_revision": git_revision()}]
     module.hparams["run_info"] = info  # saved inside every checkpoint
-    atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+    if not resume:
+        atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
 
     logger = build(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = build(cfg.trainer, callbacks=_callbacks(cfg, run_dir), logger=logger)
-    ckpt_cb = next(c for c in trainer.checkpoint_callbacks if c.monitor == "val/sharpe")
+    callbacks = _callbacks(cfg, run_dir)
+    ckpt_cb = next(c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor == "val/sharpe")
+    last = Path(ckpt_cb.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    interrupt = GracefulInterrupt(last)
+    trainer: L.Trainer = build(
+        cfg.trainer, callbacks=[*callbacks, interrupt], logger=logger, plugins=[AtomicCheckpointIO()]
+    )
+    if resume and not last.is_file():
+        raise ConfigError(f"resume: no {last} to continue from (the run stopped before its first checkpoint)")
     if logger:
         logger.log_hyperparams(
             {
@@ -103,7 +183,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
                 "cfg": json.dumps(resolved),
             }
         )
-    trainer.fit(module)
+    try:
+        trainer.fit(module, ckpt_path=str(last) if resume else None)
+    except Interrupted as e:
+        print(f"\n{e}\ncontinue with: python -m src.train resume={run_dir}\n", flush=True)
+        raise SystemExit(128 + int(signal.Signals[e.signal_name])) from None
     env_steps, grad_steps = module.env_steps, trainer.global_step  # before test() reloads the best checkpoint
 
     best = ckpt_cb.best_model_path
@@ -111,14 +195,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         trainer.validate(module, verbose=False)
         best = str(Path(ckpt_cb.dirpath) / "best.ckpt")
         trainer.save_checkpoint(best)
-    # our own checkpoint from this run; optimizer states (e.g. Shampoo preconditioners) are Python objects
-    trainer.test(module, ckpt_path=best, verbose=False, weights_only=False)
+    trainer.test(module, ckpt_path=best, verbose=False)  # loaded by AtomicCheckpointIO: allow-listed, safe
     results = {"val": module.results["val"], "test": module.results["test"]}
     info.update(
         {
             "best_checkpoint": str(best),
             "env_steps": env_steps,
             "gradient_steps": grad_steps,
+            "numerical_faults": module.faults["total"],
             "wall_seconds": round(time.time() - started, 1),
         }
     )

@@ -5,13 +5,24 @@ from __future__ import annotations
 import functools
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from src.errors import TradelabError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# conf/train.yaml: ``resume=<run dir>`` runs in that directory; Hydra's own record of the resuming
+# invocation goes to .hydra/resume-<time> so the first launch's .hydra/ files stay as they were.
+OmegaConf.register_new_resolver("tradelab_run_dir", lambda resume, new: str(resume) if resume else new, replace=True)
+OmegaConf.register_new_resolver(
+    "tradelab_hydra_subdir",
+    lambda resume: ".hydra/resume-" + time.strftime("%Y-%m-%d_%H-%M-%S") if resume else ".hydra",
+    replace=True,
+)
 
 
 def git_revision() -> str:

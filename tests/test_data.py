@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from src.data import build_market, infer_bars_per_year, load_market, load_ohlcv
 from src.data.features import compute_features, warmup_bars
-from src.errors import DataError
+from src.errors import ConfigError, DataError
 from tests.conftest import ROOT, write_csv
 
 
@@ -160,3 +161,105 @@ def test_bars_per_year(freq, weekends, per_day, expected):
 def test_shipped_bar_sizes():
     assert load_market("data/tsla_daily.csv").bars_per_year == 252
     assert load_market("data/btcusdt_1h.csv").bars_per_year == 8760
+
+
+# ---- header aliases, time zones, gaps, size (issue 4, part 1) ----
+
+
+def _yahoo(csv_text: str, adj: bool = True) -> str:
+    """The shipped format rewritten as a Yahoo export: Date, capitalised names, an Adj Close column."""
+    lines = csv_text.splitlines()
+    out = ["Date,Open,High,Low,Close" + (",Adj Close" if adj else "") + ",Volume"]
+    for row in lines[1:]:
+        ts, o, h, lo, c, v = row.split(",")
+        out.append(",".join([ts, o, h, lo, c, *([str(float(c) * 0.9)] if adj else []), v]))
+    return "\n".join(out) + "\n"
+
+
+def test_yahoo_header_aliases_load_the_same_bars(tmp_path, csv_text):
+    plain = load_ohlcv(write_csv(tmp_path / "plain.csv", csv_text))
+    yahoo = load_ohlcv(write_csv(tmp_path / "yahoo.csv", _yahoo(csv_text)))
+    pd.testing.assert_frame_equal(plain, yahoo)  # Adj Close ignored, close used
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: _yahoo(t).replace(",Close,", ",Unused,", 1), "has 'Adj Close' but no close column"),
+        (lambda t: t.replace("timestamp,", "Date,", 1).replace(",volume", ",timestamp", 1), "both name timestamp"),
+        (
+            lambda t: _edit(
+                t, 8, t.splitlines()[7].split(",")[0] + "T00:00:00+05:00," + t.splitlines()[7].split(",", 1)[1]
+            ),
+            "line 8: timestamp",
+        ),
+    ],
+)
+def test_ambiguous_headers_and_mixed_time_zones_are_refused(tmp_path, csv_text, edit, message):
+    path = write_csv(tmp_path / "bad.csv", edit(csv_text))
+    with pytest.raises(DataError) as e:
+        load_ohlcv(path)
+    assert message in str(e.value) and str(path) in str(e.value)
+    if "line 8" in message:
+        assert "mixed time zones" in str(e.value) and "line 2" in str(e.value)
+
+
+def test_utc_offsets_are_converted(tmp_path):
+    text = (
+        "timestamp,open,high,low,close,volume\n"
+        "2024-03-08T09:30:00-05:00,1,2,0.5,1.5,10\n"  # EST
+        "2024-03-11T09:30:00-04:00,1,2,0.5,1.5,10\n"  # EDT: same session open, different offset
+        "2024-03-12T13:30:00Z,1,2,0.5,1.5,10\n"
+    )
+    df = load_ohlcv(write_csv(tmp_path / "tz.csv", text))
+    assert [str(t) for t in df.index] == [
+        "2024-03-08 14:30:00+00:00",
+        "2024-03-11 13:30:00+00:00",
+        "2024-03-12 13:30:00+00:00",
+    ]
+
+
+def test_gaps_pass_up_to_max_gap_and_are_counted(tmp_path, csv_text):
+    lines = csv_text.splitlines()
+    del lines[100:110]  # two weeks of business days missing after line 100
+    path = write_csv(tmp_path / "gap.csv", "\n".join(lines) + "\n")
+    df = load_ohlcv(path, max_gap="20D")
+    assert df.attrs["largest_gap"] == "15 days 00:00:00" and df.attrs["gaps"] > 1
+    with pytest.raises(DataError) as e:
+        load_ohlcv(path, max_gap="10D")
+    assert f"{path}: line 101: 15 days 00:00:00 gap after {lines[99].split(',')[0]}" in str(e.value)
+    assert "env.max_gap=10D" in str(e.value)
+
+
+def test_a_huge_file_is_refused_before_reading(tmp_path, csv_text):
+    path = tmp_path / "huge.csv"
+    path.write_text(csv_text)
+    with open(path, "r+b") as f:
+        f.truncate(3 * 2**30)  # 3 GiB, sparse: costs no disk and, refused unread, no memory
+    with pytest.raises(DataError, match=r"huge.csv: file is 3,072 MiB, over env.max_file_mb=1024"):
+        load_ohlcv(path)
+
+
+def test_too_few_rows_for_the_splits(tmp_path, csv_text):
+    short = "\n".join(csv_text.splitlines()[:120]) + "\n"  # enough for the window, not for a 1% validation split
+    with pytest.raises(DataError, match=r"short.csv: 119 rows are too few.*train/val/test splits get 58/0/26"):
+        load_market(str(write_csv(tmp_path / "short.csv", short)), window=30, split={"train": 0.7, "val": 0.01})
+
+
+def test_position_limits_are_validated_and_enforced(bars):
+    with pytest.raises(ConfigError, match=r"env.position_limits must satisfy"):
+        build_market(bars, name="x", source="mem", data_hash="0", window=10, position_limits=[-1.5, 1.0])
+    with pytest.raises(ConfigError, match=r"env.position_limits must satisfy"):
+        build_market(bars, name="x", source="mem", data_hash="0", window=10, position_limits=[0.2, 1.0])
+    from src.envs.market_env import MarketEnv
+
+    m = build_market(bars, name="x", source="mem", data_hash="0", window=10, position_limits=[0.0, 0.5])
+    env = MarketEnv(m, "train", 3, random_start=False)
+    env.reset()
+    _, _, _, _, info = env.step(torch.tensor([-1.0, 0.3, 1.0]))
+    assert info["position"].tolist() == pytest.approx([0.0, 0.3, 0.5])  # long-only, at most half of equity
+
+
+def test_max_gap_must_be_a_duration():
+    with pytest.raises(ConfigError, match="env.max_gap must be a duration like 10D or 6h, got 'soon'"):
+        load_market("data/tsla_daily.csv", max_gap="soon")

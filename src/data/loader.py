@@ -3,11 +3,32 @@
 Every problem is reported as a :class:`DataError` naming the file, the line
 (1-based, the header is line 1) and what is wrong, so the command line can
 print one clear line instead of a traceback.
+
+Policies, stated once:
+
+* **Header**: names are matched case-insensitively with spaces and dashes as
+  ``_``; ``date``, ``datetime`` and ``time`` are aliases of ``timestamp``.
+  Other extra columns are ignored. ``Adj Close`` is ignored when ``close`` is
+  present (OHLC must be split-adjusted together) and refused when it is the
+  only close: an adjusted close cannot be mixed with unadjusted open/high/low.
+* **Time zones**: timestamps with a UTC offset are converted to UTC (offsets
+  may differ, e.g. across daylight saving); timestamps without one are UTC.
+  A file mixing the two is refused: the naive ones would be ambiguous.
+* **Gaps**: rows are consecutive bars whatever the clock says; the return
+  from one row to the next is what a position held across the gap earns (a
+  weekend, a holiday, a halt). Irregular session bars are accepted (Yahoo's
+  hourly data opens with a 30-minute bar). A gap longer than ``max_gap`` is
+  taken for missing data and refused; the number of gaps longer than 1.5 bars
+  and the largest are recorded with every run.
+* **Size**: files over ``max_file_mb`` are refused before reading (parsing
+  takes several times the file size in memory).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +38,11 @@ from src.errors import DataError
 
 COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
 PRICE_COLUMNS = ("open", "high", "low", "close")
+ALIASES = {"date": "timestamp", "datetime": "timestamp", "time": "timestamp"}
+ADJUSTED_CLOSE = ("adj_close", "adjclose", "adjusted_close")
+_UTC_OFFSET = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$", re.IGNORECASE)
+
+log = logging.getLogger(__name__)
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,11 +73,13 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def load_ohlcv(path: str | Path) -> pd.DataFrame:
-    """Read an OHLCV CSV and validate it.
+def load_ohlcv(path: str | Path, max_gap: str | None = None, max_file_mb: float = 1024.0) -> pd.DataFrame:
+    """Read an OHLCV CSV and validate it (see the module docstring for the policies).
 
     Args:
-        path: CSV with header ``timestamp,open,high,low,close,volume``.
+        path: CSV with header ``timestamp,open,high,low,close,volume`` (or an alias).
+        max_gap: longest accepted interval between rows (pandas duration, e.g. ``"10D"``); None: no limit.
+        max_file_mb: larger files are refused before reading.
 
     Returns:
         DataFrame with a UTC ``DatetimeIndex`` named ``timestamp`` and float64
@@ -63,6 +91,12 @@ def load_ohlcv(path: str | Path) -> pd.DataFrame:
     p = resolve_path(path)
     if not p.is_file():
         raise DataError(f"{path}: file not found")
+    size_mb = p.stat().st_size / 2**20
+    if size_mb > max_file_mb:
+        raise DataError(
+            f"{p}: file is {size_mb:,.0f} MiB, over env.max_file_mb={max_file_mb:g}; reading a CSV takes several "
+            "times its size in memory: resample or cut the file, or raise env.max_file_mb if the memory is there"
+        )
     try:
         raw = pd.read_csv(p, dtype=str, keep_default_na=False, skipinitialspace=True)
     except UnicodeDecodeError as e:
@@ -71,12 +105,33 @@ def load_ohlcv(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{p}: file is empty") from None
     except pd.errors.ParserError as e:
         raise DataError(f"{p}: not a valid CSV ({str(e).strip()})") from None
-    return validate_ohlcv(raw, str(p))
+    return validate_ohlcv(raw, str(p), max_gap=max_gap)
 
 
-def validate_ohlcv(raw: pd.DataFrame, name: str) -> pd.DataFrame:
+def _canonical_columns(columns, name: str) -> list[str]:
+    """Header names after case folding and aliases; refuses ambiguous or adjusted-only headers."""
+    out, origin = [], {}
+    for c in columns:
+        key = re.sub(r"[\s\-]+", "_", str(c).strip().lower())
+        key = ALIASES.get(key, key)
+        if key in origin and key in COLUMNS:
+            raise DataError(f"{name}: columns {origin[key]!r} and {str(c)!r} both name {key}; keep one")
+        origin.setdefault(key, str(c))
+        out.append(key)
+    adjusted = [origin[k] for k in ADJUSTED_CLOSE if k in origin]
+    if adjusted and "close" not in origin:
+        raise DataError(
+            f"{name}: has {adjusted[0]!r} but no close column; an adjusted close cannot be combined with "
+            "unadjusted open/high/low: provide split-adjusted OHLC with a close column"
+        )
+    if adjusted:
+        log.warning("%s: using close; %r is ignored (open/high/low/close must be adjusted together)", name, adjusted[0])
+    return out
+
+
+def validate_ohlcv(raw: pd.DataFrame, name: str, max_gap: str | None = None) -> pd.DataFrame:
     """Validate a frame of strings read from ``name``; see :func:`load_ohlcv`."""
-    cols = [str(c).strip() for c in raw.columns]
+    cols = _canonical_columns(raw.columns, name)
     missing = [c for c in COLUMNS if c not in cols]
     if missing:
         raise DataError(f"{name}: missing column(s) {', '.join(missing)}; expected header {','.join(COLUMNS)}")
@@ -85,6 +140,14 @@ def validate_ohlcv(raw: pd.DataFrame, name: str) -> pd.DataFrame:
         raise DataError(f"{name}: no data rows (header only)")
 
     ts_text = raw["timestamp"].str.strip()
+    aware = ts_text.str.contains(_UTC_OFFSET).to_numpy()
+    if aware.any() and not aware.all():
+        i, j = _first(aware != aware[0]), 0
+        kind = ("has a UTC offset", "has none") if aware[i] else ("has no UTC offset", "has one")
+        raise DataError(
+            f"{name}: line {_line(i)}: timestamp {ts_text.iloc[i]!r} {kind[0]} but line {_line(j)}'s "
+            f"{ts_text.iloc[j]!r} {kind[1]}: mixed time zones; write every timestamp in UTC or with its offset"
+        )
     ts = pd.to_datetime(ts_text, utc=True, errors="coerce", format="ISO8601")
     bad = ts.isna().to_numpy()
     if bad.any():
@@ -134,5 +197,21 @@ def validate_ohlcv(raw: pd.DataFrame, name: str) -> pd.DataFrame:
             i = _first(bad)
             raise DataError(f"{name}: line {_line(i)}: " + msg.format(o=o[i], h=h[i], lo=lo[i], c=c[i]))
 
-    df = pd.DataFrame(values, index=pd.DatetimeIndex(ts, name="timestamp"))
+    index = pd.DatetimeIndex(ts, name="timestamp")
+    df = pd.DataFrame(values, index=index)
+    if len(df) > 2:
+        step = pd.Series(index).diff()
+        bar = step.median()
+        if max_gap is not None:
+            limit = pd.Timedelta(max_gap)
+            long = (step > limit).to_numpy()
+            if long.any():
+                i = _first(long)
+                raise DataError(
+                    f"{name}: line {_line(i)}: {step.iloc[i]} gap after {ts_text.iloc[i - 1]} is longer than "
+                    f"env.max_gap={max_gap}: missing data? fill or cut the file, or raise env.max_gap"
+                )
+        gaps = step > 1.5 * bar
+        df.attrs["gaps"] = int(gaps.sum())
+        df.attrs["largest_gap"] = str(step.max())
     return df

@@ -83,6 +83,8 @@ class Market:
     min_equity: float
     norm_mean: np.ndarray = field(repr=False)
     norm_std: np.ndarray = field(repr=False)
+    position_limits: tuple[float, float] = (-1.0, 1.0)
+    leak_next_return: bool = False
     feature_names: tuple[str, ...] = FEATURE_NAMES
 
     @property
@@ -113,7 +115,13 @@ class Market:
             "bars_per_year": self.bars_per_year,
             "cost_rate": self.costs.rate,
             "fill": self.fill,
+            "position_limits": list(self.position_limits),
         }
+        if self.leak_next_return:
+            out["LEAK"] = "leak_next_return=true: observations contain the next bar's return (leakage canary)"
+        if "gaps" in self.bars.attrs:
+            out["intervals_over_1.5_bars"] = self.bars.attrs["gaps"]
+            out["largest_gap"] = self.bars.attrs["largest_gap"]
         for s, (a, b) in self.splits.items():
             out[s] = {"first": str(ts[a]), "last": str(ts[b - 1]), "bars": b - a}
         return out
@@ -133,8 +141,16 @@ def build_market(
     episode_length: int = 256,
     min_trade: float = 0.0,
     min_equity: float = 0.05,
+    position_limits: tuple[float, float] | list[float] = (-1.0, 1.0),
+    leak_next_return: bool = False,
 ) -> Market:
-    """Compute features, split chronologically and normalise with train statistics only."""
+    """Compute features, split chronologically and normalise with train statistics only.
+
+    ``leak_next_return`` is a deliberate look-ahead for the leakage tests only (the
+    canary that proves the learner can exploit a leak): feature 0 of bar ``t`` is
+    replaced by the return that bar ``t + 1`` pays the new position. Never use it
+    for results; the run's data description and report flag it.
+    """
     if window <= 0:
         raise ConfigError(f"env.window must be > 0, got {window}")
     if fill not in FILLS:
@@ -145,6 +161,15 @@ def build_market(
         raise ConfigError(f"env.min_trade must be in [0, 1), got {min_trade}")
     if not 0 <= min_equity < 1:
         raise ConfigError(f"env.min_equity must be in [0, 1), got {min_equity}")
+    try:
+        lo, hi = (float(x) for x in position_limits)
+    except (TypeError, ValueError):
+        raise ConfigError(f"env.position_limits must be [min, max], got {position_limits!r}") from None
+    if not -1.0 <= lo <= 0.0 <= hi <= 1.0 or lo == hi:
+        raise ConfigError(
+            f"env.position_limits must satisfy -1 <= min <= 0 <= max <= 1 with min < max (weights of equity; "
+            f"flat must be allowed), got [{lo}, {hi}]"
+        )
     costs = costs if isinstance(costs, Costs) else Costs(**(costs or {}))
     split = dict(split or {"train": 0.7, "val": 0.15})
     tr, va = float(split.get("train", 0.7)), float(split.get("val", 0.15))
@@ -178,6 +203,9 @@ def build_market(
         post[1:] = c[1:] / o[1:] - 1  # open to close, earned by the new position
     else:  # filled at the close of the decision bar: optimistic (no delay)
         post[1:] = c[1:] / c[:-1] - 1
+    if leak_next_return:
+        future = np.append(post[1:], 0.0)
+        z[:, 0] = np.clip(future / (future[:n_train].std() + 1e-12), -NORM_CLIP, NORM_CLIP)
 
     def f32(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=torch.float32)
@@ -200,13 +228,22 @@ def build_market(
         min_equity=min_equity,
         norm_mean=mean,
         norm_std=std,
+        position_limits=(lo, hi),
+        leak_next_return=bool(leak_next_return),
     )
 
 
-def load_market(path: str, name: str | None = None, **kwargs) -> Market:
+def load_market(
+    path: str, name: str | None = None, max_gap: str | None = None, max_file_mb: float = 1024.0, **kwargs
+) -> Market:
     """Load a CSV and build its :class:`Market`; ``kwargs`` go to :func:`build_market`."""
     if path in (None, "", "???"):
         raise ConfigError("env.path is required: pass env.path=<file.csv>")
+    if max_gap is not None:
+        try:
+            pd.Timedelta(max_gap)
+        except ValueError:
+            raise ConfigError(f"env.max_gap must be a duration like 10D or 6h, got {max_gap!r}") from None
     p = resolve_path(path)
-    bars = load_ohlcv(p)
+    bars = load_ohlcv(p, max_gap=max_gap, max_file_mb=max_file_mb)
     return build_market(bars, name=name or Path(path).stem, source=str(path), data_hash=file_sha256(p), **kwargs)

@@ -61,9 +61,14 @@ def synthetic_market(
     drifts: tuple[float, ...] = (0.0015, -0.0015, 0.0),
     vols: tuple[float, ...] = (0.015, 0.025, 0.008),
     stay: float = 0.98,
+    max_gap: str | None = None,
+    max_file_mb: float | None = None,
     **kwargs,
 ) -> Market:
-    """Generate bars and build a :class:`Market`; ``kwargs`` go to :func:`build_market`."""
+    """Generate bars and build a :class:`Market`; ``kwargs`` go to :func:`build_market`.
+
+    ``max_gap`` and ``max_file_mb`` are file-loading limits from ``env/base.yaml``; generated bars have no file.
+    """
     bars = generate_bars(n_bars, seed, tuple(drifts), tuple(vols), stay)
     digest = hashlib.sha256(pd.util.hash_pandas_object(bars).to_numpy().tobytes()).hexdigest()
     return build_market(bars, name=name, source=f"synthetic(seed={seed}, n_bars={n_bars})", data_hash=digest, **kwargs)

@@ -104,7 +104,7 @@ class MarketEnv:
         """Advance every episode one bar.
 
         Args:
-            action: (N,) target weights; clipped to [-1, 1].
+            action: (N,) target weights; clipped to ``market.position_limits`` (default [-1, 1]).
 
         Returns:
             obs, reward (log growth net of costs), terminated, truncated, info.
@@ -113,7 +113,7 @@ class MarketEnv:
             ``info["final_position"]`` give the state they ended on, for
             :meth:`observe` (bootstrapping truncated episodes).
         """
-        a = action.detach().reshape(self.n).to(self.position.dtype).clamp(-1.0, 1.0)
+        a = action.detach().reshape(self.n).to(self.position.dtype).clamp(*self.m.position_limits)
         nxt = self.t + 1
         pre, post = self.m.pre[nxt], self.m.post[nxt]
         p = self.position
