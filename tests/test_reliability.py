@@ -254,6 +254,46 @@ def test_gpu_request_falls_back_to_cpu_only_when_asked(tmp_path, capsys):
     assert (run / "metrics.json").is_file()
 
 
+def _bad_files(tmp: Path, good: str) -> dict[str, tuple[Path, str]]:
+    """Broken variants of a valid CSV, each with the message it must produce."""
+    lines = good.splitlines()
+    head, rows = lines[0], lines[1:]
+
+    def write(name: str, text: str | bytes) -> Path:
+        p = tmp / f"{name}.csv"
+        p.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return p
+
+    ts = [r.split(",", 1)[0] for r in rows]
+    cases = {
+        "empty": ("", "file is empty"),
+        "header_only": (head + "\n", "no data rows (header only)"),
+        "duplicate": ("\n".join([head, *rows[:9], ts[8] + ",1,2,0.5,1.5,9", *rows[10:]]), "line 11: duplicate"),
+        "mixed_tz": (
+            "\n".join([head, *rows[:5], ts[5] + "T00:00:00Z," + rows[5].split(",", 1)[1], *rows[6:]]),
+            "mixed",
+        ),
+        "gap": ("\n".join([head, *rows[:50], *rows[70:]]), "line 52: 31 days 00:00:00 gap"),
+        "adj_only": (good.replace("close", "Adj Close", 1), "has 'Adj Close' but no close column"),
+        "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe" * 50, "not a UTF-8 text file"),
+    }
+    return {k: (write(k, text), msg) for k, (text, msg) in cases.items()}
+
+
+@pytest.mark.parametrize("case", ["empty", "header_only", "duplicate", "mixed_tz", "gap", "adj_only", "binary"])
+def test_bad_data_through_train_exits_with_one_line_and_no_run_dir(tmp_path, csv_text, capsys, case):
+    path, message = _bad_files(tmp_path, csv_text)[case]
+    for env in ("csv", "tsla"):  # the generic loader and a shipped config pointed at the same file
+        run = tmp_path / f"run_{env}"
+        run.mkdir()
+        with pytest.raises(SystemExit) as e:
+            train(compose_cfg([f"env={env}", f"env.path={path}"], run))
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {path}") and message in err[0], err
+        assert not run.exists()
+
+
 # ---- checkpoints: atomic and safe (parts 3 and 6) ----
 
 
