@@ -42,9 +42,16 @@ clean:  ## remove caches (run outputs under outputs/ are kept)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 COMPARE_STEPS ?= 640
-COMPARE_DIR ?= outputs/multirun/optimizer_comparison_$(shell date +%Y-%m-%d_%H-%M-%S)
-compare-optimizers: $(STAMP)  ## every optimizer x 3 seeds on tsla and synthetic, same budget; writes experiments/optimizer_comparison/results.md
-	$(PYTHON) -m src.train -m optimizer=sgd,adamw,muon,shampoo,soap seed=0,1,2 env=tsla,synthetic \
-		trainer.max_steps=$(COMPARE_STEPS) trainer.enable_progress_bar=false hydra.sweep.dir=$(COMPARE_DIR)
+COMPARE_THREADS ?= 1
+COMPARE_NOW := $(shell date +%Y-%m-%d_%H-%M-%S)
+COMPARE_DIR ?= outputs/multirun/optimizer_comparison_$(COMPARE_NOW)
+compare-optimizers: $(STAMP)  ## every optimizer x 3 seeds on tsla and synthetic (one sweep per env, side by side), same budget; writes experiments/optimizer_comparison/results.md
+	@mkdir -p $(COMPARE_DIR)
+	@set -e; pids=""; for env in tsla synthetic; do \
+		echo "sweep env=$$env -> $(COMPARE_DIR)/$$env (log: $(COMPARE_DIR)/$$env.log)"; \
+		$(PYTHON) -m src.train -m optimizer=sgd,adamw,muon,shampoo,soap seed=0,1,2 env=$$env \
+			threads=$(COMPARE_THREADS) trainer.max_steps=$(COMPARE_STEPS) trainer.enable_progress_bar=false \
+			hydra.sweep.dir=$(COMPARE_DIR)/$$env > $(COMPARE_DIR)/$$env.log 2>&1 & pids="$$pids $$!"; \
+	done; for p in $$pids; do wait $$p; done
 	$(PYTHON) experiments/optimizer_comparison/compare.py $(COMPARE_DIR) \
-		--command "make compare-optimizers COMPARE_STEPS=$(COMPARE_STEPS)"
+		--command "make compare-optimizers COMPARE_STEPS=$(COMPARE_STEPS) COMPARE_THREADS=$(COMPARE_THREADS)"
