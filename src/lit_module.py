@@ -185,11 +185,12 @@ class PPOModule(L.LightningModule):
             )
 
     def _check_weights(self, when: str) -> None:
-        bad = [n for n, w in self.model.named_parameters() if not bool(torch.isfinite(w).all())]
-        if bad:
-            raise NumericalFault(
-                f"stopping: non-finite weights {when} at step {self.global_step} ({', '.join(bad[:3])})"
-            )
+        named = list(self.model.named_parameters())
+        ok = torch.stack([torch.isfinite(w).all() for _, w in named])
+        if bool(ok.all()):  # one host sync
+            return
+        names = ", ".join(n for (n, _), good in zip(named, ok.tolist(), strict=True) if not good)
+        raise NumericalFault(f"stopping: non-finite weights {when} at step {self.global_step} ({names})")
 
     def _episode_log_returns(self, b: Rollout) -> torch.Tensor:
         """Log growth of each episode that ended inside this rollout, at its end step (else 0)."""

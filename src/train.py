@@ -188,7 +188,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     except Interrupted as e:
         print(f"\n{e}\ncontinue with: python -m src.train resume={run_dir}\n", flush=True)
         raise SystemExit(128 + int(signal.Signals[e.signal_name])) from None
-    env_steps, grad_steps = module.env_steps, trainer.global_step  # before test() reloads the best checkpoint
+    # before test() loads the best checkpoint (and with it that checkpoint's counters)
+    env_steps, grad_steps, faults = module.env_steps, trainer.global_step, module.faults["total"]
 
     best = ckpt_cb.best_model_path
     if not best:  # the budget ended before the first validation: validate the final weights
@@ -202,7 +203,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
             "best_checkpoint": str(best),
             "env_steps": env_steps,
             "gradient_steps": grad_steps,
-            "numerical_faults": module.faults["total"],
+            "numerical_faults": faults,
             "wall_seconds": round(time.time() - started, 1),
         }
     )
