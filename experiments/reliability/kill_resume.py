@@ -7,7 +7,7 @@ Usage::
 Runs ``python -m src.train`` twice with the same overrides (seed included): once uninterrupted, once sent
 ``--signal`` ``--after`` seconds after its first checkpoint exists, then ``python -m src.train resume=<dir>``
 on the interrupted one. Compares ``metrics.json`` and ``val_history.csv`` of the two and writes
-``kill_resume.md`` to ``--out``. Exit status 1 when they differ.
+``kill_resume_<SIGNAL>.md`` to ``--out``. Exit status 1 when they differ.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from src.checkpoint import load_checkpoint  # noqa: E402
 
 
 def train(*args: str) -> subprocess.Popen:
@@ -50,6 +55,7 @@ def main() -> int:
     proc.send_signal(getattr(signal, f"SIG{args.signal}"))
     code = proc.wait()
     validations = (cut / "val_history.csv").read_text().count("\n") - 1  # rows after the header
+    saved_step = load_checkpoint(cut / "checkpoints" / "last.ckpt")["global_step"]
     t1 = time.time()
     resumed = train(f"resume={cut}").wait()
     t_resume = time.time() - t1
@@ -59,6 +65,7 @@ def main() -> int:
     same_metrics = (full / "metrics.json").read_text() == (cut / "metrics.json").read_text()
     same_history = (full / "val_history.csv").read_text() == (cut / "val_history.csv").read_text()
     m = json.loads((cut / "metrics.json").read_text())
+    max_steps = OmegaConf.load(cut / "config.yaml").trainer.max_steps
     ov = " ".join(args.overrides)
     md = f"""# Kill and resume (measured {time.strftime("%Y-%m-%d")})
 
@@ -70,8 +77,9 @@ python -m src.train {ov} hydra.run.dir={cut.relative_to(ROOT)} & # SIG{args.sign
 python -m src.train resume={cut.relative_to(ROOT)}                        # continues ({t_resume:.0f} s)
 ```
 
-- The interrupted process exited with status {code} after {validations} validations had been written
-  (the kill can land after a validation's checkpoint and before the next; resume redoes that work).
+- The interrupted process exited with status {code} after {validations} validation(s) had been written;
+  `last.ckpt` then held gradient step {saved_step} of {max_steps}. (SIGKILL cannot be caught, so the work since
+  the last checkpoint is redone on resume; SIGINT/SIGTERM save at the end of the current iteration.)
 - The resumed run finished; its `metrics.json` is {"**byte-identical**" if same_metrics else "**DIFFERENT**"} to the
   uninterrupted run's, and `val_history.csv` (validation Sharpe at every check) is
   {"**identical**" if same_history else "**DIFFERENT**"}.
@@ -79,7 +87,7 @@ python -m src.train resume={cut.relative_to(ROOT)}                        # cont
   {m["val"]["agent"]["sharpe"]:.4f}.
 """
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kill_resume.md").write_text(md)
+    (args.out / f"kill_resume_{args.signal}.md").write_text(md)
     print(md)
     return 0 if same_metrics and same_history else 1
 
