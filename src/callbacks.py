@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 
@@ -136,3 +137,90 @@ class ResourceMonitor(Callback):
         if self.csv is not None:
             with open(self.csv, "a") as f:
                 f.write(f"{now - self._t0:.2f},{trainer.global_step},{pl_module.env_steps},{rss:.1f}\n")
+
+
+class CurveFitEarlyStopping(Callback):
+    """Stop a hopeless run early by extrapolating its learning curves (see :mod:`src.curve_fit`).
+
+    At every validation from the ``min_points``-th on, fits a logarithmic growth to validation Sharpe and
+    an exponential decay to validation loss against the fraction of the step budget done, and predicts
+    both at the end of the budget. Stops when the predicted final Sharpe is below ``threshold`` *and*
+    the best Sharpe is ``patience`` validations old: a run that is still improving is never stopped.
+    Each decision is logged (``curve_fit/*``) and kept in :attr:`decisions` (saved in checkpoints).
+    In an Optuna sweep (``src.sweeper``) the predicted Sharpe is reported to the trial at each step,
+    and the run stops when the study's pruner prunes it.
+    """
+
+    def __init__(self, min_points: int = 5, patience: int = 3, threshold: float = 0.5, min_delta: float = 0.0) -> None:
+        if min_points < 4 or patience < 1:
+            raise ValueError(f"curve_fit_stop: min_points must be >= 4 and patience >= 1, got {min_points}, {patience}")
+        self.min_points, self.patience, self.threshold, self.min_delta = min_points, patience, threshold, min_delta
+        self.points: list[dict] = []  # step, sharpe, loss at each validation
+        self.decisions: list[dict] = []
+        self.stopped: dict | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self.stopped is not None:
+            return
+        m = trainer.callback_metrics
+        self.points.append(
+            {"step": trainer.global_step, "sharpe": float(m["val/sharpe"]), "loss": float(m["val/value_loss"])}
+        )
+        if len(self.points) < self.min_points:
+            return
+        self._decide(trainer, pl_module)
+
+    def _decide(self, trainer, pl_module) -> None:
+        from src.curve_fit import fit_curve, stalled
+        from src.sweeper import active_trial
+
+        budget = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else self.points[-1]["step"]
+        t = np.array([p["step"] for p in self.points], dtype=np.float64) / budget
+        sharpes = [p["sharpe"] for p in self.points]
+        sf = fit_curve("log_growth", t, np.array(sharpes))
+        lf = fit_curve("exp_decay", t, np.array([p["loss"] for p in self.points]))
+        stall = stalled(sharpes, self.patience, self.min_delta)
+        stop = sf.prediction < self.threshold and stall
+        reason = f"predicted final Sharpe {sf.prediction:.3f} < {self.threshold} and no improvement in {self.patience}"
+        pruned = False
+        trial = active_trial()
+        if trial is not None:
+            trial.report(sf.prediction, trainer.global_step)
+            pruned = trial.should_prune()
+            if pruned:
+                stop, reason = True, f"Optuna pruned the trial (predicted final Sharpe {sf.prediction:.3f})"
+        d = {
+            "step": trainer.global_step,
+            "sharpe_fit": list(sf.params),
+            "sharpe_fit_ok": sf.ok,
+            "predicted_sharpe": sf.prediction,
+            "loss_fit": list(lf.params),
+            "loss_fit_ok": lf.ok,
+            "predicted_loss": lf.prediction,
+            "stalled": stall,
+            "pruned": pruned,
+            "stop": stop,
+        }
+        self.decisions.append(d)
+        logs = {f"curve_fit/sharpe_{k}": v for k, v in zip("abc", sf.params, strict=True)}
+        logs.update({f"curve_fit/loss_{k}": v for k, v in zip("abc", lf.params, strict=True)})
+        for k in ("predicted_sharpe", "predicted_loss", "sharpe_fit_ok", "loss_fit_ok", "stalled", "stop"):
+            logs[f"curve_fit/{k}"] = float(d[k])
+        if pl_module.logger is not None:
+            pl_module.logger.log_metrics(logs, step=trainer.global_step)
+        print(
+            f"curve fit at step {d['step']}: predicted final Sharpe {sf.prediction:.3f}"
+            f"{'' if sf.ok else ' (' + sf.message + ')'}, predicted loss {lf.prediction:.4g}, "
+            f"{'stalled' if stall else 'improving'} -> {'STOP' if stop else 'continue'}",
+            flush=True,
+        )
+        if stop:
+            self.stopped = {"step": trainer.global_step, "reason": reason, "pruned": pruned}
+            print(f"curve-fit early stopping at step {trainer.global_step}: {reason}", flush=True)
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {"points": self.points, "decisions": self.decisions, "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points, self.decisions, self.stopped = state["points"], state["decisions"], state["stopped"]

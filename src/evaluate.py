@@ -23,6 +23,7 @@ from src.evaluation import evaluate_split, model_policy
 from src.lit_module import PPOModule
 from src.reporting import write_run_outputs
 from src.utils import build, command_line, git_revision, one_line_errors
+from src.verdict import verdict
 
 
 def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
@@ -58,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "data": market.describe(),
     }
     title = f"{market.name}: re-evaluation of {Path(cfg.ckpt_path).name} on the {cfg.split} split"
-    table = write_run_outputs(run_dir, results, info["command"], info, title)
+    table = write_run_outputs(run_dir, results, info["command"], info, title, verdict(results, market.bars_per_year))
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)
     return json.loads((run_dir / "metrics.json").read_text())
 

@@ -78,10 +78,16 @@ def evaluate_split(market: Market, split: str, policy: Policy | None) -> dict[st
     }
 
 
-def model_policy(model: torch.nn.Module) -> Policy:
-    """The deterministic policy of an actor-critic (the Beta mean), in eval mode."""
+def model_policy(model: torch.nn.Module, values: list[torch.Tensor] | None = None) -> Policy:
+    """The deterministic policy of an actor-critic (the Beta mean), in eval mode.
+
+    With ``values``, the critic's value of every observation it acts on is appended there.
+    """
 
     def act(obs: Obs) -> torch.Tensor:
-        return model.act(Obs(obs.market[:1], obs.position[:1]), deterministic=True)
+        dist, v = model(Obs(obs.market[:1], obs.position[:1]))
+        if values is not None:
+            values.append(v.reshape(()))
+        return dist.mean
 
     return act

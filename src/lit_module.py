@@ -24,7 +24,7 @@ from src.envs.market_env import MarketEnv, Obs
 from src.errors import ConfigError, NumericalFault
 from src.evaluation import EvalResult, evaluate_split, model_policy
 from src.optim.schedules import lr_multiplier
-from src.rl.gae import compute_gae
+from src.rl.gae import compute_gae, discounted_returns
 from src.rl.ppo import PPOConfig, explained_variance, normalize_advantages, policy_loss, value_loss
 from src.rl.rollout import Rollout, collect
 from src.utils import build
@@ -235,20 +235,31 @@ class PPOModule(L.LightningModule):
         return self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
 
     # ---- evaluation ----
-    def _evaluate(self, split: str) -> dict[str, EvalResult]:
+    def _evaluate(self, split: str, values: list[torch.Tensor] | None = None) -> dict[str, EvalResult]:
         self.model.eval()
-        res = evaluate_split(self.market, split, model_policy(self.model))
+        res = evaluate_split(self.market, split, model_policy(self.model, values))
         self.results[split] = res
         return res
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._check_weights("before validation")
-        res = self._evaluate("val")
+        values: list[torch.Tensor] = []
+        res = self._evaluate("val", values)
         self._log_eval("val", res)
+        vloss = self._value_loss(values, res["agent"].ledger["net_return"])
+        self.log("val/value_loss", vloss, batch_size=1)
         if self.trainer.state.fn == "fit":
-            self._record_val_history(res["agent"].metrics)
+            self._record_val_history(res["agent"].metrics, vloss)
 
-    def _record_val_history(self, m: dict) -> None:
+    def _value_loss(self, values: list[torch.Tensor], net_returns) -> float:
+        """Validation loss: the critic's squared error against the discounted return actually earned
+        along the deterministic validation path (rewards as in training; the last value bootstraps)."""
+        v = torch.stack(values).double().cpu()
+        r = torch.log1p(torch.as_tensor(net_returns.to_numpy(), dtype=torch.float64)) * self.ppo.reward_scale
+        g = discounted_returns(r, self.ppo.gamma, bootstrap=v[-1])
+        return float(((v - g) ** 2).mean())
+
+    def _record_val_history(self, m: dict, value_loss: float) -> None:
         """``val_history.csv`` in the run directory: one row per validation, for learning curves."""
         from src.reporting import atomic_write
 
@@ -257,6 +268,7 @@ class PPOModule(L.LightningModule):
                 "gradient_steps": self.global_step,
                 "env_steps": self.env_steps,
                 **{k: m[k] for k in ("sharpe", "total_return", "max_drawdown", "exposure")},
+                "value_loss": value_loss,
             }
         )
         if self.trainer.is_global_zero:

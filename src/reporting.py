@@ -113,17 +113,47 @@ def _bullets(d: dict, indent: str = "") -> list[str]:
     return out
 
 
+def significance_table(v: dict) -> str:
+    """Markdown table of :func:`src.verdict.verdict`'s per-split figures."""
+    splits = [s for s in ("train", "val", "test") if s in v]
+    rows = [
+        ("sharpe", "Sharpe", "num"),
+        ("buy_and_hold_sharpe", "buy-and-hold Sharpe", "num"),
+        ("psr_vs_zero", "PSR vs Sharpe 0", "num"),
+        ("psr_vs_buy_and_hold", "PSR vs buy-and-hold's Sharpe", "num"),
+        ("sharpe_ci_low", f"Sharpe {100 * v['level']:.0f}% CI low (block bootstrap)", "num"),
+        ("sharpe_ci_high", f"Sharpe {100 * v['level']:.0f}% CI high", "num"),
+        ("sharpe_minus_bh_ci_low", "Sharpe minus buy-and-hold's, CI low", "num"),
+        ("sharpe_minus_bh_ci_high", "Sharpe minus buy-and-hold's, CI high", "num"),
+        ("p_bootstrap_beats_bh", "resamples where the agent's Sharpe is higher", "pct"),
+        ("deflated_sharpe_ratio", "deflated Sharpe ratio (selection among checkpoints)", "num"),
+    ]
+    lines = ["| | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    for key, label, kind in rows:
+        if any(key in v[s] for s in splits):
+            lines.append(f"| {label} | " + " | ".join(_fmt(v[s].get(key), kind) for s in splits) + " |")
+    return "\n".join(lines)
+
+
 def write_run_outputs(
-    run_dir: Path, results: dict[str, dict[str, EvalResult]], command: str, info: dict, title: str
+    run_dir: Path,
+    results: dict[str, dict[str, EvalResult]],
+    command: str,
+    info: dict,
+    title: str,
+    verdict: dict | None = None,
 ) -> str:
-    """Write every report file of a run and return the summary table for the console."""
+    """Write every report file of a run and return the summary table (and verdict) for the console."""
     run_dir = Path(run_dir)
     for split, res in results.items():
         led = res["agent"].ledger.copy()
         led.insert(1, "buy_and_hold_equity", res["buy_and_hold"].ledger["equity"])
         atomic_write(run_dir / f"trades_{split}.csv", led.to_csv(index_label="timestamp", float_format="%.10g"))
     table = metrics_table(results)
-    atomic_write(run_dir / "metrics.json", json.dumps(metrics_payload(results), indent=2, sort_keys=True) + "\n")
+    payload = metrics_payload(results)
+    if verdict is not None:
+        payload["verdict"] = _json_safe(verdict)
+    atomic_write(run_dir / "metrics.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
     last = list(results)[-1]
     fig = equity_figure(results[last], f"{title}: {last} period")
     tmp = run_dir / "equity.png.tmp.png"
@@ -143,9 +173,24 @@ def write_run_outputs(
         "",
         "Costs are charged on every trade; buy-and-hold and flat run through the same env and costs.",
         "",
-        "## Run",
-        "",
     ]
+    if verdict is not None:
+        lines += [
+            "## Verdict",
+            "",
+            verdict["sentence"],
+            "",
+            significance_table(verdict),
+            "",
+            "PSR: probabilistic Sharpe ratio (Bailey & López de Prado), the probability that the true Sharpe "
+            "exceeds the benchmark given the sample's length, skewness and kurtosis. The intervals come from a "
+            f"circular block bootstrap (blocks of {verdict[verdict['judged_split']]['bootstrap_block']} bars, "
+            "the same resampled bars for agent and buy-and-hold). The deflated Sharpe ratio discounts the "
+            "validation Sharpe for having been the best of every validation check.",
+            "",
+        ]
+        table = f"{table}\n\n{verdict['sentence']}"
+    lines += ["## Run", ""]
     lines += _bullets(info)
     atomic_write(run_dir / "report.md", "\n".join(lines) + "\n")
     return table

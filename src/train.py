@@ -33,6 +33,7 @@ from src.errors import ConfigError, TradelabError
 from src.lit_module import PPOModule
 from src.reporting import atomic_write, write_run_outputs
 from src.utils import build, command_line, count_parameters, git_revision, one_line_errors
+from src.verdict import verdict
 
 
 def _run_dir() -> Path:
@@ -209,7 +210,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     )
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
     title = f"{market.name}: agent vs buy-and-hold (selected on validation, test evaluated once)"
-    table = write_run_outputs(run_dir, results, info["command"], info, title)
+    judged = verdict(results, market.bars_per_year, [r["sharpe"] for r in module.val_history])
+    table = write_run_outputs(run_dir, results, info["command"], info, title, judged)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)
     return float(results["val"]["agent"].metrics["sharpe"])
 

@@ -115,3 +115,12 @@ def test_ppo_config_rejects_bad_values_naming_the_key():
     with pytest.raises(ConfigError, match="algo.gamma"):
         PPOConfig(gamma=1.5)
     assert PPOConfig(num_envs=8, rollout_steps=16, num_minibatches=4).minibatch_size == 32
+
+
+def test_discounted_returns_hand_computed():
+    from src.rl.gae import discounted_returns
+
+    r = torch.tensor([1.0, 0.0, 2.0])
+    # G2 = 2 + .5 * 4 = 4; G1 = 0 + .5 * 4 = 2; G0 = 1 + .5 * 2 = 2
+    assert torch.equal(discounted_returns(r, 0.5, bootstrap=4.0), torch.tensor([2.0, 2.0, 4.0]))
+    assert torch.equal(discounted_returns(r, 1.0), torch.tensor([3.0, 2.0, 2.0]))

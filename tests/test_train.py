@@ -61,6 +61,11 @@ def _check_outputs(run: Path) -> dict:
         assert ledger["equity"].iloc[-1] == pytest.approx(metrics[split]["agent"]["final_equity"], rel=1e-5)
         assert len(ledger) == metrics[split]["agent"]["bars"]
     assert "buy and hold" in (run / "report.md").read_text()
+    v = metrics["verdict"]  # the honest verdict: computed from the same ledgers as the table
+    assert v["test"]["sharpe"] == pytest.approx(metrics["test"]["agent"]["sharpe"])
+    assert v["test"]["buy_and_hold_sharpe"] == pytest.approx(metrics["test"]["buy_and_hold"]["sharpe"])
+    assert v["test"]["sharpe_ci_low"] <= v["test"]["sharpe_ci_high"] and 0 <= v["test"]["psr_vs_zero"] <= 1
+    assert v["sentence"] in (run / "report.md").read_text() and "## Verdict" in (run / "report.md").read_text()
     assert list((run / "tb").glob("events.out.tfevents.*"))
     history = pd.read_csv(run / "val_history.csv")
     assert history.env_steps.iloc[-1] == json.loads((run / "run_info.json").read_text())["env_steps"]

@@ -40,3 +40,13 @@ def compute_gae(
         last = deltas[t] + gamma * lam * not_done[t] * last
         adv[t] = last
     return adv, adv + values
+
+
+def discounted_returns(rewards: torch.Tensor, gamma: float, bootstrap: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """G_t = r_t + gamma * G_{t+1} along one path of (T,) rewards, with G_T = ``bootstrap``."""
+    out = torch.empty_like(rewards)
+    g = torch.as_tensor(bootstrap, dtype=rewards.dtype, device=rewards.device)
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        g = rewards[t] + gamma * g
+        out[t] = g
+    return out

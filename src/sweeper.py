@@ -1,0 +1,17 @@
+"""The Optuna trial a training job runs in, when a sweep has one (see ``hydra_plugins/``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ACTIVE: Any = None
+
+
+def active_trial() -> Any:
+    """The running ``optuna.Trial`` (in-process sweeps), or None outside a pruning-aware sweep."""
+    return _ACTIVE
+
+
+def set_active_trial(trial: Any) -> None:
+    global _ACTIVE
+    _ACTIVE = trial
