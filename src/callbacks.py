@@ -172,7 +172,7 @@ class CurveFitEarlyStopping(Callback):
 
     def _decide(self, trainer, pl_module) -> None:
         from src.curve_fit import fit_curve, stalled
-        from src.sweeper import active_trial
+        from src.sweeper import active_trial, mark_pruned
 
         budget = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else self.points[-1]["step"]
         t = np.array([p["step"] for p in self.points], dtype=np.float64) / budget
@@ -188,6 +188,7 @@ class CurveFitEarlyStopping(Callback):
             trial.report(sf.prediction, trainer.global_step)
             pruned = trial.should_prune()
             if pruned:
+                mark_pruned()
                 stop, reason = True, f"Optuna pruned the trial (predicted final Sharpe {sf.prediction:.3f})"
         d = {
             "step": trainer.global_step,
@@ -218,6 +219,16 @@ class CurveFitEarlyStopping(Callback):
             self.stopped = {"step": trainer.global_step, "reason": reason, "pruned": pruned}
             print(f"curve-fit early stopping at step {trainer.global_step}: {reason}", flush=True)
             trainer.should_stop = True
+
+    report_key = "curve_fit_stop"
+
+    def summary(self) -> dict:
+        """What the run report lists: the stop (if any) and the last decision."""
+        return {
+            "stopped": self.stopped,
+            "checks": len(self.decisions),
+            "last": self.decisions[-1] if self.decisions else None,
+        }
 
     def state_dict(self) -> dict:
         return {"points": self.points, "decisions": self.decisions, "stopped": self.stopped}

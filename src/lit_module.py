@@ -91,6 +91,11 @@ class PPOModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = build(self.cfg.optimizer)(self.model)
+        scale = float(self.cfg.get("lr_scale", 1.0))  # one knob for every group's lr, whatever the optimizer
+        if scale <= 0:
+            raise ConfigError(f"lr_scale must be > 0, got {scale}")
+        for g in opt.param_groups:
+            g["lr"] *= scale
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1
         fn = partial(lr_multiplier, total_steps=total, **OmegaConf.to_container(self.cfg.scheduler, resolve=True))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)

@@ -148,6 +148,7 @@ def write_run_outputs(
     for split, res in results.items():
         led = res["agent"].ledger.copy()
         led.insert(1, "buy_and_hold_equity", res["buy_and_hold"].ledger["equity"])
+        led.insert(2, "buy_and_hold_net_return", res["buy_and_hold"].ledger["net_return"])
         atomic_write(run_dir / f"trades_{split}.csv", led.to_csv(index_label="timestamp", float_format="%.10g"))
     table = metrics_table(results)
     payload = metrics_payload(results)

@@ -15,3 +15,19 @@ def active_trial() -> Any:
 def set_active_trial(trial: Any) -> None:
     global _ACTIVE
     _ACTIVE = trial
+
+
+_PRUNED = False
+
+
+def mark_pruned() -> None:
+    """Called by the job when the trial's pruner stopped it (the sweeper then tells Optuna PRUNED)."""
+    global _PRUNED
+    _PRUNED = True
+
+
+def take_pruned() -> bool:
+    """Whether the last job was pruned; resets the flag."""
+    global _PRUNED
+    was, _PRUNED = _PRUNED, False
+    return was

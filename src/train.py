@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from src.callbacks import GracefulInterrupt, Interrupted
 from src.checkpoint import AtomicCheckpointIO
 from src.errors import ConfigError, TradelabError
 from src.lit_module import PPOModule
+from src.profit_target import ProfitTarget
 from src.reporting import atomic_write, write_run_outputs
 from src.utils import build, command_line, count_parameters, git_revision, one_line_errors
 from src.verdict import verdict
@@ -192,7 +194,11 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     # before test() loads the best checkpoint (and with it that checkpoint's counters)
     env_steps, grad_steps, faults = module.env_steps, trainer.global_step, module.faults["total"]
 
+    reports = {cb.report_key: cb.summary() for cb in callbacks if hasattr(cb, "report_key")}
     best = ckpt_cb.best_model_path
+    target = next((cb for cb in callbacks if isinstance(cb, ProfitTarget)), None)
+    if target is not None and target.checkpoint:  # the validation that met the target is the selection
+        best = target.checkpoint
     if not best:  # the budget ended before the first validation: validate the final weights
         trainer.validate(module, verbose=False)
         best = str(Path(ckpt_cb.dirpath) / "best.ckpt")
@@ -206,6 +212,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
             "gradient_steps": grad_steps,
             "numerical_faults": faults,
             "wall_seconds": round(time.time() - started, 1),
+            **reports,
         }
     )
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
@@ -216,10 +223,33 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     return float(results["val"]["agent"].metrics["sharpe"])
 
 
+def with_sweep_overrides(argv: list[str]) -> list[str]:
+    """Expand ``from_sweep=<sweep dir>`` into that sweep's best parameters (``best_overrides.yaml``).
+
+    They go before the other overrides, and one the user gives again on the command line is dropped
+    from them, so the command line always wins. The ``from_sweep=`` argument stays (it is recorded).
+    """
+    given = [a for a in argv if a.startswith("from_sweep=")]
+    if not given:
+        return argv
+    sweep = Path(given[-1].split("=", 1)[1])
+    best = sweep / "best_overrides.yaml"
+    if not best.is_file():
+        raise ConfigError(f"from_sweep={sweep}: no {best.name} there (is it a finished hparams_search sweep?)")
+    keys = {a.split("=", 1)[0].lstrip("+~") for a in argv[1:] if "=" in a}
+    extra = [o for o in OmegaConf.load(best) if str(o).split("=", 1)[0].lstrip("+~") not in keys]
+    return [argv[0], *map(str, extra), *argv[1:]]
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     return train(cfg)
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv = with_sweep_overrides(sys.argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     main()

@@ -172,15 +172,10 @@ def build_market(
         )
     costs = costs if isinstance(costs, Costs) else Costs(**(costs or {}))
     split = dict(split or {"train": 0.7, "val": 0.15})
-    tr, va = float(split.get("train", 0.7)), float(split.get("val", 0.15))
-    if not (tr > 0 and va > 0 and tr + va < 1):
-        raise ConfigError(f"env.split must have train > 0, val > 0, train + val < 1, got {split}")
-
     feats = compute_features(bars).iloc[warmup_bars() :]
     bars = bars.iloc[warmup_bars() :]
     n = len(bars)
-    n_train, n_val = int(n * tr), int(n * va)
-    n_test = n - n_train - n_val
+    n_train, n_val, n_test = _split_sizes(split, n, source)
     need = window + 2
     if n_train < need + 1 or min(n_val, n_test) < 2:
         raise DataError(
@@ -188,7 +183,11 @@ def build_market(
             f"train/val/test splits get {n_train}/{n_val}/{n_test} bars; train needs > {need} "
             f"(window {window} + 2) and val/test at least 2 each"
         )
-    splits = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    splits = {
+        "train": (0, n_train),
+        "val": (n_train, n_train + n_val),
+        "test": (n_train + n_val, n_train + n_val + n_test),
+    }
 
     x = feats.to_numpy(np.float64)
     mean = x[:n_train].mean(axis=0)
@@ -231,6 +230,28 @@ def build_market(
         position_limits=(lo, hi),
         leak_next_return=bool(leak_next_return),
     )
+
+
+def _split_sizes(split: dict, n: int, source: str) -> tuple[int, int, int]:
+    """Bars in train / val / test: fractions (``train``, ``val``; test the rest) or explicit counts
+    (``train_bars``, ``val_bars``, ``test_bars``, counted after the feature warm-up; bars after the
+    test split are then unused: walk-forward folds end where their test period ends)."""
+    counts = ("train_bars", "val_bars", "test_bars")
+    if any(k in split for k in counts):
+        if set(split) != set(counts):
+            raise ConfigError(f"env.split: give all of {counts} (and no fractions), got {sorted(split)}")
+        n_train, n_val, n_test = (int(split[k]) for k in counts)
+        if min(n_train, n_val, n_test) <= 0 or n_train + n_val + n_test > n:
+            raise ConfigError(
+                f"env.split: {n_train}/{n_val}/{n_test} train/val/test bars do not fit the {n} bars of {source} "
+                f"after the {warmup_bars()}-bar warm-up (each must be > 0)"
+            )
+        return n_train, n_val, n_test
+    tr, va = float(split.get("train", 0.7)), float(split.get("val", 0.15))
+    if not (tr > 0 and va > 0 and tr + va < 1):
+        raise ConfigError(f"env.split must have train > 0, val > 0, train + val < 1, got {split}")
+    n_train, n_val = int(n * tr), int(n * va)
+    return n_train, n_val, n - n_train - n_val
 
 
 def load_market(

@@ -1,0 +1,156 @@
+"""``target=profitable``: keep training until validation is profitable, adjusting hyper-parameters when stuck.
+
+The run stops as soon as one validation meets every target (Sharpe, total return, max drawdown over the
+validation period; all configurable), saves that checkpoint as ``target.ckpt`` and the final test uses
+it; otherwise it runs to its step budget and the usual best-Sharpe checkpoint is tested. When the best
+validation Sharpe is ``patience`` validations old it adjusts, at most ``max_adjustments`` times, in this
+order (the k-th adjustment):
+
+- learning rate ×0.5 (odd k) or ×1.5 (even k), applied to the live optimizer and its schedule;
+- entropy coefficient ×1.2 (more exploration);
+- from k = 3 (after the second): PPO clip +0.05 (at most 0.4) and one more update epoch (at most 10);
+- from k = 4 (after the third): curriculum and augmentation, once those exist (issue 7); until then the
+  adjustment records that they are not available rather than pretending.
+
+Every adjustment is printed, logged (``target/*``), saved in checkpoints (and re-applied on resume)
+and listed in the run's report. The validation period is used for every decision; the test period is
+still evaluated once, at the end. Meeting the target on validation after many adjustments is itself a
+selection effect: the report's deflated Sharpe ratio accounts for the number of validations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
+from src.curve_fit import stalled
+
+
+class ProfitTarget(Callback):
+    """See the module docstring."""
+
+    report_key = "profit_target"
+
+    def __init__(
+        self,
+        sharpe: float = 1.0,
+        total_return: float = 0.05,
+        max_drawdown: float = 0.20,
+        patience: int = 5,
+        max_adjustments: int = 4,
+        min_delta: float = 0.0,
+        dirpath: str | None = None,
+    ) -> None:
+        if patience < 1 or max_adjustments < 0:
+            raise ValueError(
+                f"target: patience must be >= 1 and max_adjustments >= 0, got {patience}, {max_adjustments}"
+            )
+        self.targets = {"sharpe": sharpe, "total_return": total_return, "max_drawdown": max_drawdown}
+        self.patience, self.max_adjustments, self.min_delta = patience, max_adjustments, min_delta
+        self.dirpath = Path(dirpath) if dirpath else None
+        self.sharpes: list[float] = []
+        self.since_adjust = 0  # validations since the last adjustment (patience restarts after one)
+        self.adjustments: list[dict] = []
+        self.reached: dict | None = None
+        self.checkpoint: str | None = None
+
+    def met(self, m: dict) -> bool:
+        t = self.targets
+        return (
+            m["sharpe"] > t["sharpe"]
+            and m["total_return"] > t["total_return"]
+            and m["max_drawdown"] < t["max_drawdown"]
+        )
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.adjustments:  # resumed: the optimizer's lr came back with its state; the PPO settings did not
+            last = self.adjustments[-1]
+            pl_module.ppo.ent_coef, pl_module.ppo.clip_coef = last["ent_coef"], last["clip_coef"]
+            pl_module.ppo.update_epochs = last["update_epochs"]
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self.reached is not None:
+            return
+        m = pl_module.results["val"]["agent"].metrics
+        self.sharpes.append(float(m["sharpe"]))
+        self.since_adjust += 1
+        pl_module.log_dict(
+            {"target/met": float(self.met(m)), "target/adjustments": float(len(self.adjustments))}, batch_size=1
+        )
+        if self.met(m):
+            self.reached = {
+                "step": trainer.global_step,
+                **{k: float(m[k]) for k in self.targets},
+                "adjustments": len(self.adjustments),
+            }
+            dirpath = self.dirpath or Path(trainer.default_root_dir) / "checkpoints"
+            self.checkpoint = str(dirpath / "target.ckpt")
+            trainer.save_checkpoint(self.checkpoint)
+            print(f"profitability target met at step {trainer.global_step} ({self._describe(m)}): stopping", flush=True)
+            trainer.should_stop = True
+            return
+        recent = self.sharpes[-self.since_adjust :]
+        if len(self.adjustments) < self.max_adjustments and stalled(recent, self.patience, self.min_delta):
+            self._adjust(trainer, pl_module)
+
+    def _describe(self, m: dict) -> str:
+        return (
+            f"Sharpe {m['sharpe']:.2f}, return {100 * m['total_return']:.1f}%, "
+            f"max drawdown {100 * m['max_drawdown']:.1f}%"
+        )
+
+    def _adjust(self, trainer, pl_module) -> None:
+        k = len(self.adjustments) + 1
+        factor = 0.5 if k % 2 else 1.5
+        opt = trainer.optimizers[0]
+        for g in opt.param_groups:
+            g["lr"] *= factor
+        for cfg in trainer.lr_scheduler_configs:  # the schedule multiplies base_lrs: scale those too
+            cfg.scheduler.base_lrs = [b * factor for b in cfg.scheduler.base_lrs]
+        p = pl_module.ppo
+        p.ent_coef *= 1.2
+        changes = [f"lr x{factor}", "ent_coef x1.2"]
+        if k >= 3:
+            p.clip_coef = min(p.clip_coef + 0.05, 0.4)
+            p.update_epochs = min(p.update_epochs + 1, 10)
+            changes.append("clip +0.05, update_epochs +1")
+        if k >= 4:
+            changes.append("curriculum and augmentation: not available yet (issue 7), unchanged")
+        a = {
+            "adjustment": k,
+            "step": trainer.global_step,
+            "best_val_sharpe": max(self.sharpes),
+            "lr_factor": factor,
+            "lr": opt.param_groups[0]["lr"],
+            "ent_coef": p.ent_coef,
+            "clip_coef": p.clip_coef,
+            "update_epochs": p.update_epochs,
+            "changes": "; ".join(changes),
+        }
+        self.adjustments.append(a)
+        self.since_adjust = 0
+        pl_module.log_dict(
+            {f"target/{n}": float(a[n]) for n in ("lr", "ent_coef", "clip_coef", "update_epochs")}, batch_size=1
+        )
+        print(
+            f"no validation improvement in {self.patience} checks: adjustment {k} at step {a['step']}: {a['changes']}",
+            flush=True,
+        )
+
+    def summary(self) -> dict:
+        """What the run report lists."""
+        return {"targets": self.targets, "reached": self.reached, "adjustments": self.adjustments}
+
+    def state_dict(self) -> dict:
+        return {
+            "sharpes": self.sharpes,
+            "since_adjust": self.since_adjust,
+            "adjustments": self.adjustments,
+            "reached": self.reached,
+            "checkpoint": self.checkpoint,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sharpes, self.since_adjust = state["sharpes"], state["since_adjust"]
+        self.adjustments, self.reached, self.checkpoint = state["adjustments"], state["reached"], state["checkpoint"]

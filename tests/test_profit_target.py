@@ -1,0 +1,148 @@
+"""The profitability target: stops when validation meets every target, adjusts when stuck, survives resume."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from src.profit_target import ProfitTarget
+from src.rl.ppo import PPOConfig
+
+
+def _fake(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    saved = []
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        state=SimpleNamespace(fn="fit"),
+        global_step=0,
+        should_stop=False,
+        optimizers=[opt],
+        lr_scheduler_configs=[SimpleNamespace(scheduler=sched)],
+        default_root_dir=str(tmp_path),
+        save_checkpoint=saved.append,
+    )
+    module = SimpleNamespace(ppo=PPOConfig(), results={}, log_dict=lambda *a, **k: None)
+    return trainer, module, saved
+
+
+def _validate(cb, trainer, module, sharpe, total_return=0.0, max_drawdown=0.1):
+    trainer.global_step += 16
+    module.results["val"] = {
+        "agent": SimpleNamespace(metrics={"sharpe": sharpe, "total_return": total_return, "max_drawdown": max_drawdown})
+    }
+    cb.on_validation_end(trainer, module)
+
+
+def test_stops_at_the_first_validation_meeting_every_target(tmp_path):
+    trainer, module, saved = _fake(tmp_path)
+    cb = ProfitTarget(sharpe=1.0, total_return=0.05, max_drawdown=0.2)
+    _validate(cb, trainer, module, 1.5, 0.10, 0.25)  # drawdown too deep
+    _validate(cb, trainer, module, 1.5, 0.04, 0.10)  # return too small
+    _validate(cb, trainer, module, 0.9, 0.10, 0.10)  # Sharpe too low
+    assert not trainer.should_stop and not saved
+    _validate(cb, trainer, module, 1.2, 0.08, 0.15)
+    assert trainer.should_stop and saved == [str(tmp_path / "checkpoints" / "target.ckpt")]
+    assert cb.reached == {"step": 64, "sharpe": 1.2, "total_return": 0.08, "max_drawdown": 0.15, "adjustments": 0}
+    assert cb.checkpoint == saved[0]
+
+
+def test_adjusts_when_stuck_in_the_stated_order_and_at_most_max_adjustments(tmp_path):
+    trainer, module, _ = _fake(tmp_path)
+    opt, sched = trainer.optimizers[0], trainer.lr_scheduler_configs[0].scheduler
+    p = module.ppo
+    ent0, clip0, epochs0 = p.ent_coef, p.clip_coef, p.update_epochs
+    cb = ProfitTarget(patience=2, max_adjustments=4)
+    _validate(cb, trainer, module, 0.1)
+    _validate(cb, trainer, module, 0.2)  # improving
+    _validate(cb, trainer, module, 0.1)
+    assert not cb.adjustments
+    _validate(cb, trainer, module, 0.1)  # best (0.2) now 2 checks old
+    assert len(cb.adjustments) == 1 and cb.adjustments[0]["step"] == 64
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4) and sched.base_lrs == [pytest.approx(5e-4)]
+    assert p.ent_coef == pytest.approx(ent0 * 1.2) and (p.clip_coef, p.update_epochs) == (clip0, epochs0)
+    for _ in range(3):  # patience restarts after an adjustment: 3 more flat checks
+        _validate(cb, trainer, module, 0.1)
+    assert len(cb.adjustments) == 2 and opt.param_groups[0]["lr"] == pytest.approx(7.5e-4)
+    for _ in range(3):
+        _validate(cb, trainer, module, 0.1)
+    assert len(cb.adjustments) == 3
+    assert p.clip_coef == pytest.approx(clip0 + 0.05) and p.update_epochs == epochs0 + 1
+    assert p.ent_coef == pytest.approx(ent0 * 1.2**3)
+    for _ in range(3):
+        _validate(cb, trainer, module, 0.1)
+    assert len(cb.adjustments) == 4 and "not available yet" in cb.adjustments[3]["changes"]
+    for _ in range(10):
+        _validate(cb, trainer, module, 0.1)
+    assert len(cb.adjustments) == 4  # max_adjustments
+    assert not trainer.should_stop
+
+    # resume: the optimizer's lr comes back with its own state; the PPO settings from the callback's
+    state = cb.state_dict()
+    again = ProfitTarget(patience=2, max_adjustments=4)
+    again.load_state_dict(state)
+    fresh = SimpleNamespace(ppo=PPOConfig())
+    again.on_train_start(None, fresh)
+    assert (fresh.ppo.ent_coef, fresh.ppo.clip_coef, fresh.ppo.update_epochs) == (
+        p.ent_coef,
+        p.clip_coef,
+        p.update_epochs,
+    )
+    assert again.summary()["adjustments"] == cb.adjustments
+
+
+# ---- through train(): adjustments reach the live run, the report and a resumed run ----
+import json  # noqa: E402
+
+from src.checkpoint import load_checkpoint  # noqa: E402
+from src.train import train  # noqa: E402
+from tests.conftest import TINY, compose_cfg  # noqa: E402
+from tests.helpers import Killed  # noqa: E402
+
+STUCK = [  # an unreachable target and patience 1: adjustments happen; curve fit on but never stopping
+    "target=profitable",
+    "callbacks=sweep",
+    "trainer.max_steps=40",
+    "trainer.val_check_interval=1",
+    "callbacks.profit_target.sharpe=100",
+    "callbacks.profit_target.patience=1",
+    "callbacks.profit_target.max_adjustments=3",
+    "callbacks.curve_fit_stop.min_points=4",
+    "callbacks.curve_fit_stop.threshold=-100",
+]
+
+
+def _train(run, *extra, resume=False):
+    run.mkdir(parents=True, exist_ok=True)
+    return train(compose_cfg([*TINY, *STUCK, *extra] if not resume else [f"resume={run}"], run))
+
+
+def test_adjustments_reach_the_report_and_survive_a_kill(tmp_path):
+    full = tmp_path / "full"
+    _train(full)
+    info = json.loads((full / "run_info.json").read_text())
+    adj = info["profit_target"]["adjustments"]
+    assert 1 <= len(adj) <= 3 and info["profit_target"]["reached"] is None
+    # the live optimizer's lr was halved: below half the base lr (3e-4), which the schedule never exceeds
+    assert adj[0]["lr_factor"] == 0.5 and adj[0]["lr"] <= 0.5 * 3e-4 * (1 + 1e-6)
+    assert adj[0]["ent_coef"] == pytest.approx(0.001 * 1.2)
+    assert info["curve_fit_stop"]["checks"] >= 1 and info["curve_fit_stop"]["stopped"] is None
+    report = (full / "report.md").read_text()
+    assert "adjustments" in report and "lr x0.5" in report and "## Verdict" in report
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Killed):
+        _train(
+            cut, "+callbacks.brk._target_=tests.helpers.BreakAt", "+callbacks.brk.at=7", "+callbacks.brk.signal=KILL"
+        )
+    saved = load_checkpoint(cut / "checkpoints" / "last.ckpt")
+    assert any("ProfitTarget" in k for k in saved["callbacks"])  # the callback's state is in the checkpoint
+    _train(cut, resume=True)
+    assert (cut / "metrics.json").read_text() == (full / "metrics.json").read_text()
+    assert (cut / "val_history.csv").read_text() == (full / "val_history.csv").read_text()
+    again = json.loads((cut / "run_info.json").read_text())
+    assert again["profit_target"] == info["profit_target"] and again["curve_fit_stop"] == info["curve_fit_stop"]
