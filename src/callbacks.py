@@ -207,8 +207,8 @@ class CurveFitEarlyStopping(Callback):
         logs.update({f"curve_fit/loss_{k}": v for k, v in zip("abc", lf.params, strict=True)})
         for k in ("predicted_sharpe", "predicted_loss", "sharpe_fit_ok", "loss_fit_ok", "stalled", "stop"):
             logs[f"curve_fit/{k}"] = float(d[k])
-        if pl_module.logger is not None:
-            pl_module.logger.log_metrics(logs, step=trainer.global_step)
+        for logger in getattr(trainer, "loggers", []):  # not self.log(): Lightning forbids it in on_validation_end
+            logger.log_metrics(logs, step=trainer.global_step)
         print(
             f"curve fit at step {d['step']}: predicted final Sharpe {sf.prediction:.3f}"
             f"{'' if sf.ok else ' (' + sf.message + ')'}, predicted loss {lf.prediction:.4g}, "

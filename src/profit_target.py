@@ -75,9 +75,7 @@ class ProfitTarget(Callback):
         m = pl_module.results["val"]["agent"].metrics
         self.sharpes.append(float(m["sharpe"]))
         self.since_adjust += 1
-        pl_module.log_dict(
-            {"target/met": float(self.met(m)), "target/adjustments": float(len(self.adjustments))}, batch_size=1
-        )
+        self._log(trainer, {"target/met": float(self.met(m)), "target/adjustments": float(len(self.adjustments))})
         if self.met(m):
             self.reached = {
                 "step": trainer.global_step,
@@ -130,13 +128,17 @@ class ProfitTarget(Callback):
         }
         self.adjustments.append(a)
         self.since_adjust = 0
-        pl_module.log_dict(
-            {f"target/{n}": float(a[n]) for n in ("lr", "ent_coef", "clip_coef", "update_epochs")}, batch_size=1
-        )
+        self._log(trainer, {f"target/{n}": float(a[n]) for n in ("lr", "ent_coef", "clip_coef", "update_epochs")})
         print(
             f"no validation improvement in {self.patience} checks: adjustment {k} at step {a['step']}: {a['changes']}",
             flush=True,
         )
+
+    @staticmethod
+    def _log(trainer, metrics: dict) -> None:
+        # straight to the logger: Lightning forbids self.log() in on_validation_end
+        for logger in getattr(trainer, "loggers", []):
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     def summary(self) -> dict:
         """What the run report lists."""

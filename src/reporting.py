@@ -64,18 +64,20 @@ def metrics_table(results: dict[str, dict[str, EvalResult]]) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(x):
+def json_safe(x):
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return None  # JSON has no inf/nan: null, see metrics.py for when a ratio is undefined
     if isinstance(x, np.generic):
-        return _json_safe(x.item())
+        return json_safe(x.item())
     return x
 
 
 def metrics_payload(results: dict[str, dict[str, EvalResult]]) -> dict:
-    return _json_safe({s: {n: r.metrics for n, r in res.items()} for s, res in results.items()})
+    return json_safe({s: {n: r.metrics for n, r in res.items()} for s, res in results.items()})
 
 
 def equity_figure(res: dict[str, EvalResult], title: str):
@@ -153,7 +155,7 @@ def write_run_outputs(
     table = metrics_table(results)
     payload = metrics_payload(results)
     if verdict is not None:
-        payload["verdict"] = _json_safe(verdict)
+        payload["verdict"] = json_safe(verdict)
     atomic_write(run_dir / "metrics.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
     last = list(results)[-1]
     fig = equity_figure(results[last], f"{title}: {last} period")

@@ -33,7 +33,7 @@ from src.checkpoint import AtomicCheckpointIO
 from src.errors import ConfigError, TradelabError
 from src.lit_module import PPOModule
 from src.profit_target import ProfitTarget
-from src.reporting import atomic_write, write_run_outputs
+from src.reporting import atomic_write, json_safe, write_run_outputs
 from src.utils import build, command_line, count_parameters, git_revision, one_line_errors
 from src.verdict import verdict
 
@@ -194,7 +194,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     # before test() loads the best checkpoint (and with it that checkpoint's counters)
     env_steps, grad_steps, faults = module.env_steps, trainer.global_step, module.faults["total"]
 
-    reports = {cb.report_key: cb.summary() for cb in callbacks if hasattr(cb, "report_key")}
+    reports = json_safe({cb.report_key: cb.summary() for cb in callbacks if hasattr(cb, "report_key")})
     best = ckpt_cb.best_model_path
     target = next((cb for cb in callbacks if isinstance(cb, ProfitTarget)), None)
     if target is not None and target.checkpoint:  # the validation that met the target is the selection

@@ -65,7 +65,7 @@ def _drive(cb: CurveFitEarlyStopping, sharpes, losses=None, every=100, budget=10
     trainer = SimpleNamespace(
         sanity_checking=False, state=SimpleNamespace(fn="fit"), max_steps=budget, should_stop=False, global_step=0
     )
-    module = SimpleNamespace(logger=None)
+    module = SimpleNamespace()
     for i, s in enumerate(sharpes):
         trainer.global_step = (i + 1) * every
         loss = losses[i] if losses is not None else 1.0 / (i + 1)

@@ -26,7 +26,7 @@ def _fake(tmp_path):
         default_root_dir=str(tmp_path),
         save_checkpoint=saved.append,
     )
-    module = SimpleNamespace(ppo=PPOConfig(), results={}, log_dict=lambda *a, **k: None)
+    module = SimpleNamespace(ppo=PPOConfig(), results={})
     return trainer, module, saved
 
 
