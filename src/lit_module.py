@@ -260,7 +260,7 @@ class PPOModule(L.LightningModule):
         """Validation loss: the critic's squared error against the discounted return actually earned
         along the deterministic validation path (rewards as in training; the last value bootstraps)."""
         v = torch.stack(values).double().cpu()
-        r = torch.log1p(torch.as_tensor(net_returns.to_numpy(), dtype=torch.float64)) * self.ppo.reward_scale
+        r = torch.log1p(torch.tensor(net_returns.to_numpy(), dtype=torch.float64)) * self.ppo.reward_scale
         g = discounted_returns(r, self.ppo.gamma, bootstrap=v[-1])
         return float(((v - g) ** 2).mean())
 
