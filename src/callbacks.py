@@ -186,7 +186,7 @@ class CurveFitEarlyStopping(Callback):
         trial = active_trial()
         if trial is not None:
             trial.report(sf.prediction, trainer.global_step)
-            pruned = trial.should_prune()
+            pruned = bool(trial.should_prune())  # numpy bool from some pruners: not checkpoint-safe
             if pruned:
                 mark_pruned()
                 stop, reason = True, f"Optuna pruned the trial (predicted final Sharpe {sf.prediction:.3f})"

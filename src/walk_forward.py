@@ -12,6 +12,7 @@ Writes ``walk_forward.md`` (per-fold table, stitched metrics, verdict), ``walk_f
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -44,6 +45,15 @@ def fold_bounds(n: int, folds: int, oos_fraction: float, val_bars: int | None) -
     return [{"train_bars": first + k * test - val, "val_bars": val, "test_bars": test} for k in range(folds)]
 
 
+def _hydra_node(node: DictConfig, output_dir: Path) -> DictConfig:
+    """A copy of Hydra's own (typed) config node with another runtime output directory."""
+    node = copy.deepcopy(node)
+    OmegaConf.set_readonly(node, False)
+    with open_dict(node):
+        node.runtime.output_dir = str(output_dir)
+    return node
+
+
 @one_line_errors
 def walk_forward(cfg: DictConfig) -> dict:
     """Run every fold, stitch the test periods, write the report; returns the stitched metrics."""
@@ -62,8 +72,7 @@ def walk_forward(cfg: DictConfig) -> dict:
         fold_cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("walk_forward", "hydra")])
         with open_dict(fold_cfg):
             fold_cfg.env.split = dict(b)
-            fold_cfg.hydra = OmegaConf.create(OmegaConf.to_container(hydra_node))
-            fold_cfg.hydra.runtime.output_dir = str(fold_dir)
+            fold_cfg.hydra = _hydra_node(hydra_node, fold_dir)
         fold_dir.mkdir(parents=True, exist_ok=True)
         HydraConfig.instance().set_config(fold_cfg)
         print(f"\n== fold {k + 1}/{len(bounds)}: {b}", flush=True)
