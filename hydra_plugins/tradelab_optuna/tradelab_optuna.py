@@ -15,7 +15,6 @@ parameters and value, as the plugin does), ``best_overrides.yaml`` (what ``from_
 of trials, and that trial's test-period verdict.
 """
 
-
 import json
 import logging
 from dataclasses import dataclass
