@@ -5,7 +5,7 @@ STAMP := .make/installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format tensorboard clean compare-optimizers
+.PHONY: help install train test test-fast lint format tensorboard clean compare-optimizers compare-exploration
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,5 +53,21 @@ compare-optimizers: $(STAMP)  ## every optimizer x 3 seeds on tsla and synthetic
 			threads=$(COMPARE_THREADS) trainer.max_steps=$(COMPARE_STEPS) trainer.enable_progress_bar=false \
 			hydra.sweep.dir=$(COMPARE_DIR)/$$env > $(COMPARE_DIR)/$$env.log 2>&1 & pids="$$pids $$!"; \
 	done; for p in $$pids; do wait $$p; done
-	$(PYTHON) experiments/optimizer_comparison/compare.py $(COMPARE_DIR) \
+	$(PYTHON) experiments/compare.py $(COMPARE_DIR) --out experiments/optimizer_comparison --label optimizer \
 		--command "make compare-optimizers COMPARE_STEPS=$(COMPARE_STEPS) COMPARE_THREADS=$(COMPARE_THREADS)"
+
+EXPLORE_DIR ?= outputs/multirun/exploration_replay_$(COMPARE_NOW)
+EXPLORE_VARIANTS ?= curiosity=none curiosity=icm replay=uniform replay=prioritized replay=her algo=grpo
+compare-exploration: $(STAMP)  ## PPO vs curiosity, each replay and GRPO, 3 seeds on tsla and synthetic, same env-step budget; writes experiments/exploration_replay/results.md
+	@mkdir -p $(EXPLORE_DIR)
+	@set -e; pids=""; for env in tsla synthetic; do \
+		( for v in $(EXPLORE_VARIANTS); do \
+			echo "sweep env=$$env $$v -> $(EXPLORE_DIR)/$$env/$$v"; \
+			$(PYTHON) -m src.train -m $$v seed=0,1,2 env=$$env \
+				threads=$(COMPARE_THREADS) trainer.max_steps=$(COMPARE_STEPS) trainer.enable_progress_bar=false \
+				hydra.sweep.dir=$(EXPLORE_DIR)/$$env/$$v >> $(EXPLORE_DIR)/$$env.log 2>&1; \
+		done ) & pids="$$pids $$!"; \
+	done; for p in $$pids; do wait $$p; done
+	$(PYTHON) experiments/compare.py $(EXPLORE_DIR) --out experiments/exploration_replay --label variant \
+		--title "Exploration, replay and GRPO against plain PPO" \
+		--command "make compare-exploration COMPARE_STEPS=$(COMPARE_STEPS) COMPARE_THREADS=$(COMPARE_THREADS)"

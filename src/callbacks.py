@@ -209,9 +209,10 @@ class CurveFitEarlyStopping(Callback):
             logs[f"curve_fit/{k}"] = float(d[k])
         for logger in getattr(trainer, "loggers", []):  # not self.log(): Lightning forbids it in on_validation_end
             logger.log_metrics(logs, step=trainer.global_step)
+        sp, lp = (", ".join(f"{x:.3g}" for x in f.params) for f in (sf, lf))
         print(
-            f"curve fit at step {d['step']}: predicted final Sharpe {sf.prediction:.3f}"
-            f"{'' if sf.ok else ' (' + sf.message + ')'}, predicted loss {lf.prediction:.4g}, "
+            f"curve fit at step {d['step']}: Sharpe a*log(1+b*t)+c fit ({sp}) predicts final Sharpe {sf.prediction:.3f}"
+            f"{'' if sf.ok else ' (' + sf.message + ')'}; loss a*exp(-b*t)+c fit ({lp}) predicts {lf.prediction:.4g}; "
             f"{'stalled' if stall else 'improving'} -> {'STOP' if stop else 'continue'}",
             flush=True,
         )

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.checkpoint import load_checkpoint
 from src.data.market import SPLITS
 from src.errors import ConfigError
-from src.evaluation import evaluate_split, model_policy
+from src.evaluation import evaluate_split
 from src.lit_module import PPOModule
 from src.reporting import write_run_outputs
 from src.utils import build, command_line, git_revision, one_line_errors
@@ -50,7 +50,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"split must be one of {SPLITS}, got {cfg.split!r}")
     module = load_agent(cfg.ckpt_path, cfg.get("env"))
     market = module.market
-    results = {cfg.split: evaluate_split(market, cfg.split, model_policy(module.model))}
+    results = {cfg.split: evaluate_split(market, cfg.split, module.policy())}
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     info = {
         "command": command_line(),

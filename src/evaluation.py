@@ -48,7 +48,9 @@ def run_policies(market: Market, split: str, policy: Policy | None) -> dict[str,
     for _ in range(env.max_len):
         action = torch.cat([policy(obs).reshape(1), fixed]) if policy is not None else fixed
         action = torch.where(alive, action, torch.zeros_like(action))
-        obs, _, terminated, _, info = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        if policy is not None and hasattr(policy, "after_step"):  # stateful policies (goal-conditioned)
+            policy.after_step(reward[:1], (terminated | truncated)[:1])
         for k in rows:
             rows[k].append(info[k])
         alive &= ~terminated
@@ -78,16 +80,31 @@ def evaluate_split(market: Market, split: str, policy: Policy | None) -> dict[st
     }
 
 
-def model_policy(model: torch.nn.Module, values: list[torch.Tensor] | None = None) -> Policy:
+class ModelPolicy:
     """The deterministic policy of an actor-critic (the Beta mean), in eval mode.
 
     With ``values``, the critic's value of every observation it acts on is appended there.
+    With ``goals`` (a one-env :class:`~src.rl.her.GoalTracker` with a fixed goal), a
+    goal-conditioned policy is told its goal and the tracker follows the realised growth.
     """
 
-    def act(obs: Obs) -> torch.Tensor:
-        dist, v = model(Obs(obs.market[:1], obs.position[:1]))
-        if values is not None:
-            values.append(v.reshape(()))
+    def __init__(self, model: torch.nn.Module, values: list[torch.Tensor] | None = None, goals=None) -> None:
+        self.model, self.values, self.goals = model, values, goals
+
+    def __call__(self, obs: Obs) -> torch.Tensor:
+        o = Obs(obs.market[:1], obs.position[:1])
+        if self.goals is not None:
+            o = self.goals.attach(o)
+        dist, v = self.model(o)
+        if self.values is not None:
+            self.values.append(v.reshape(()))
         return dist.mean
 
-    return act
+    def after_step(self, log_growth: torch.Tensor, done: torch.Tensor) -> None:
+        if self.goals is not None:
+            self.goals.step(log_growth, done)
+
+
+def model_policy(model: torch.nn.Module, values: list[torch.Tensor] | None = None, goals=None) -> Policy:
+    """:class:`ModelPolicy` of ``model``."""
+    return ModelPolicy(model, values, goals)

@@ -1,4 +1,9 @@
-"""The LightningModule: one training step = one rollout from the vectorised env + the PPO update.
+"""The LightningModule: one training step = one rollout from the vectorised env + the policy update.
+
+``algo=ppo`` (default) or ``algo=grpo`` (:mod:`src.rl.grpo`: groups of trajectories from shared
+start bars, no critic); ``curiosity=icm`` adds intrinsic rewards and the ICM losses
+(:mod:`src.rl.icm`); ``replay=uniform|prioritized|her`` adds self-imitation from a replay buffer
+to every PPO minibatch (:mod:`src.rl.replay`, :mod:`src.rl.her`).
 
 Manual optimisation: the PPO epochs and minibatches are looped explicitly in
 ``training_step`` and every ``optimizer.step()`` counts as one Lightning
@@ -16,16 +21,21 @@ from pathlib import Path
 import lightning as L
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from src.checkpoint import rng_state, set_rng_state
 from src.data.market import Market
 from src.envs.market_env import MarketEnv, Obs
 from src.errors import ConfigError, NumericalFault
-from src.evaluation import EvalResult, evaluate_split, model_policy
+from src.evaluation import EvalResult, ModelPolicy, evaluate_split
 from src.optim.schedules import lr_multiplier
 from src.rl.gae import compute_gae, discounted_returns
+from src.rl.grpo import GRPOConfig, group_advantages, grpo_loss
+from src.rl.her import GoalTracker, relabel_future
+from src.rl.icm import ICM
 from src.rl.ppo import PPOConfig, explained_variance, normalize_advantages, policy_loss, value_loss
+from src.rl.replay import ReplayBuffer, ReplayConfig, annealed_beta, sil_loss
 from src.rl.rollout import Rollout, collect
 from src.utils import build
 
@@ -38,8 +48,17 @@ class _Forever(IterableDataset):
             yield 0
 
 
+class _Joint(nn.Module):
+    """The policy and the ICM as one module for the optimizer factories (``encoder`` exposed, so
+    Muon still finds the transformer's hidden matrices; shared parameters are listed once)."""
+
+    def __init__(self, model: nn.Module, icm: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.policy, self.icm = model.encoder, model, icm
+
+
 class PPOModule(L.LightningModule):
-    """Actor-critic + PPO on a :class:`Market`.
+    """Actor-critic + PPO (or GRPO) on a :class:`Market`.
 
     Args:
         cfg: the resolved run configuration (a plain dict; saved in every checkpoint).
@@ -51,9 +70,24 @@ class PPOModule(L.LightningModule):
         self.save_hyperparameters(ignore=["market"])
         self.automatic_optimization = False
         self.cfg = OmegaConf.create(cfg)
-        self.ppo: PPOConfig = build(self.cfg.algo)
+        self.ppo: PPOConfig | GRPOConfig = build(self.cfg.algo)
+        self.grpo = isinstance(self.ppo, GRPOConfig)
         self.market = market
-        self.model = build(self.cfg.model, num_features=market.num_features, window=market.window)
+        self.replay_cfg: ReplayConfig | None = build(self.cfg.replay) if self.cfg.get("replay") else None
+        if self.grpo and self.replay_cfg is not None:
+            raise ConfigError("replay needs a critic (self-imitation compares returns with V); algo=grpo has none")
+        her = self.replay_cfg is not None and self.replay_cfg.goal_conditioned
+        goal = {"goal_dim": 2} if her else {}
+        self.model = build(self.cfg.model, num_features=market.num_features, window=market.window, **goal)
+        self.icm: ICM | None = (
+            build(self.cfg.curiosity, num_features=market.num_features, window=market.window)
+            if self.cfg.get("curiosity")
+            else None
+        )
+        self.replay: ReplayBuffer | None = None
+        self.goals: GoalTracker | None = None
+        self._saved_extra: dict | None = None
+        self.iterations = 0
         self.env: MarketEnv | None = None
         self.obs: Obs | None = None
         self.buf: Rollout | None = None
@@ -83,14 +117,26 @@ class PPOModule(L.LightningModule):
         if stage == "fit" and self.env is None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(int(self.cfg.seed) * 1000 + self.global_rank)
-            self.env = MarketEnv(self.market, "train", self.ppo.num_envs, random_start=True, generator=gen)
+            grouped = {"episode_length": self.ppo.horizon, "group_size": self.ppo.group_size} if self.grpo else {}
+            self.env = MarketEnv(self.market, "train", self.ppo.num_envs, random_start=True, generator=gen, **grouped)
             self.obs = self.env.reset()
+            rc = self.replay_cfg
+            if rc is not None:
+                self.replay = ReplayBuffer(rc, self.market.window, self.market.num_features, self.device)
+                if rc.goal_conditioned:
+                    ggen = torch.Generator(device=self.device)
+                    ggen.manual_seed(int(self.cfg.seed) * 1000 + 500 + self.global_rank)
+                    self.goals = GoalTracker(
+                        rc, self.ppo.num_envs, self.market.bars_per_year, self.ppo.reward_scale, self.device, ggen
+                    )
             if self._saved_env is not None:  # resuming a fit from a checkpoint: continue the same episodes
                 self._restore_env(self._saved_env)
-            self.buf = Rollout.allocate(self.ppo.rollout_steps, self.env)
+            if self._saved_extra is not None:
+                self._restore_extra(self._saved_extra)
+            self.buf = Rollout.allocate(self.ppo.rollout_steps, self.env, goal_conditioned=self.goals is not None)
 
     def configure_optimizers(self):
-        opt = build(self.cfg.optimizer)(self.model)
+        opt = build(self.cfg.optimizer)(self.model if self.icm is None else _Joint(self.model, self.icm))
         scale = float(self.cfg.get("lr_scale", 1.0))  # one knob for every group's lr, whatever the optimizer
         if scale <= 0:
             raise ConfigError(f"lr_scale must be > 0, got {scale}")
@@ -105,10 +151,13 @@ class PPOModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> None:
         t0 = time.perf_counter()
         self.model.eval()  # no dropout while acting
-        self.obs = collect(self.model, self.env, self.obs, self.buf)
+        if self.grpo:  # every iteration: fresh groups, all members from their group's start bar
+            self.obs = self.env.reset()
+        self.obs = collect(self.model, self.env, self.obs, self.buf, self.goals)
         self.model.train()
         b, p = self.buf, self.ppo
         self.env_steps += p.batch_size
+        self.iterations += 1
         ep_log = self._episode_log_returns(b)
         fault = _first_nonfinite(
             ("observations", b.market),
@@ -121,9 +170,31 @@ class PPOModule(L.LightningModule):
             self._fault(f"non-finite {fault} in the rollout")
             return
         rewards = b.rewards * p.reward_scale  # value targets in log-percent, not ~1e-3 (reports use the ledger)
-        adv, ret = compute_gae(rewards, b.values, b.next_values, b.terminated, b.dones, p.gamma, p.gae_lambda)
-        t1 = time.perf_counter()
-        stats = self._update(b, adv.reshape(-1), ret.reshape(-1))
+        extra: dict[str, torch.Tensor] = {}
+        if self.goals is not None:
+            rewards = rewards + b.her["goal_reward"]
+            extra["her/goal_reward_mean"] = b.her["goal_reward"].mean()
+            extra["her/goal_reached_frac"] = (b.her["goal_reward"] > 0).float().mean()
+        next_obs = None
+        if self.icm is not None:
+            next_obs = self.env.observe(b.final_t.reshape(-1), b.final_position.reshape(-1))
+            o = b.flat_obs()
+            r_int = self.icm.intrinsic_reward(Obs(o.market, o.position), b.actions.reshape(-1), next_obs)
+            weight = self.icm.weight_at(self.iterations - 1)
+            rewards = rewards + weight * r_int.view_as(rewards)
+            extra["curiosity/intrinsic_reward_mean"] = r_int.mean()
+            extra["curiosity/intrinsic_reward_std"] = r_int.std()
+            extra["curiosity/weight"] = torch.tensor(weight)
+        if self.grpo:
+            adv, ret, alive = self._grpo_advantages(b, rewards, extra)
+            t1 = time.perf_counter()
+            stats = self._update_grpo(b, adv, alive, next_obs)
+        else:
+            adv, ret = compute_gae(rewards, b.values, b.next_values, b.terminated, b.dones, p.gamma, p.gae_lambda)
+            if self.replay is not None:
+                self._store(b, rewards, extra)
+            t1 = time.perf_counter()
+            stats = self._update(b, adv.reshape(-1), ret.reshape(-1), next_obs)
         t2 = time.perf_counter()
         if "fault" in stats:
             self._fault(stats["fault"])
@@ -131,42 +202,146 @@ class PPOModule(L.LightningModule):
         self._check_weights("after the update")
         self.faults["consecutive"] = 0
         done_eq = torch.exp(ep_log[b.dones]) if bool(b.dones.any()) else None  # one sync per rollout
+        stats.update(extra)
         self._log_train(b, adv, ret, stats, done_eq, rollout_s=t1 - t0, update_s=t2 - t1)
 
-    def _update(self, b: Rollout, adv: torch.Tensor, ret: torch.Tensor) -> dict[str, torch.Tensor]:
-        opt, sched = self.optimizers(), self.lr_schedulers()
+    # ---- PPO (+ ICM, + self-imitation replay) ----
+    def _update(
+        self, b: Rollout, adv: torch.Tensor, ret: torch.Tensor, next_obs: Obs | None
+    ) -> dict[str, torch.Tensor]:
         p, obs = self.ppo, b.flat_obs()
         actions, old_logp, old_v = b.actions.reshape(-1), b.logprobs.reshape(-1), b.values.reshape(-1)
         acc: dict[str, list[torch.Tensor]] = {}
         for _ in range(p.update_epochs):
             perm = torch.randperm(p.batch_size, device=self.device)
             for mb in perm.split(p.minibatch_size):
-                dist, v = self.model(Obs(obs.market[mb], obs.position[mb]))
+                dist, v = self.model(_take(obs, mb))
                 mb_adv = normalize_advantages(adv[mb]) if p.norm_adv else adv[mb]
                 pg, diag = policy_loss(dist.log_prob(actions[mb]), old_logp[mb], mb_adv, p.clip_coef)
                 vl = value_loss(v, old_v[mb], ret[mb], p.clip_coef if p.clip_vloss else None)
                 ent = dist.entropy().mean()
                 loss = pg + p.vf_coef * vl - p.ent_coef * ent
-                opt.zero_grad(set_to_none=True)
-                self.manual_backward(loss)
-                gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.max_grad_norm)
-                bad = _first_nonfinite(("loss", loss), ("gradients", gnorm))  # one host sync per minibatch
-                if bad:
-                    opt.zero_grad(set_to_none=True)
-                    return {"fault": f"non-finite {bad} at gradient step {self.global_step}"}
-                opt.step()
-                sched.step()
-                for k, val in (
-                    ("policy_loss", pg),
-                    ("value_loss", vl),
-                    ("entropy", ent),
-                    ("loss", loss),
-                    ("grad_norm", gnorm),
-                    *diag.items(),
-                ):
+                terms = {"policy_loss": pg, "value_loss": vl, "entropy": ent, **diag}
+                loss = loss + self._aux_losses(obs, actions, next_obs, mb, terms)
+                replayed = self._sil_term(terms)
+                if replayed is not None:
+                    loss = loss + replayed[0]
+                fault = self._step(loss, terms)
+                if fault:
+                    return fault
+                if replayed is not None:
+                    self.replay.update_priorities(replayed[1], replayed[2])
+                for k, val in terms.items():
                     acc.setdefault(k, []).append(val.detach())
             if p.target_kl is not None and float(diag["approx_kl"]) > p.target_kl:
                 break  # CleanRL: stop the epochs once the policy moved too far
+        return {k: torch.stack(v).mean() for k, v in acc.items()}
+
+    def _trained_parameters(self) -> list[nn.Parameter]:
+        return list(self.model.parameters()) + ([] if self.icm is None else list(self.icm.parameters()))
+
+    def _step(self, loss: torch.Tensor, terms: dict) -> dict | None:
+        """Backward, clip, step optimizer and schedule; a fault dict instead when anything is non-finite."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        gnorm = torch.nn.utils.clip_grad_norm_(self._trained_parameters(), self.ppo.max_grad_norm)
+        bad = _first_nonfinite(("loss", loss), ("gradients", gnorm))  # one host sync per minibatch
+        if bad:
+            opt.zero_grad(set_to_none=True)
+            return {"fault": f"non-finite {bad} at gradient step {self.global_step}"}
+        opt.step()
+        sched.step()
+        terms["loss"], terms["grad_norm"] = loss, gnorm
+        return None
+
+    def _aux_losses(self, obs: Obs, actions: torch.Tensor, next_obs: Obs | None, mb: torch.Tensor, terms: dict):
+        """The ICM loss on this minibatch (0 without curiosity)."""
+        if self.icm is None:
+            return 0.0
+        icm = self.icm.losses(Obs(obs.market[mb], obs.position[mb]), actions[mb], _take(next_obs, mb))
+        terms.update(icm_forward_loss=icm["forward_loss"], icm_inverse_loss=icm["inverse_loss"])
+        return icm["loss"]
+
+    def _sil_term(self, terms: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Self-imitation loss on a replay batch: (weighted loss, indices, new gaps), or None."""
+        rb, rc = self.replay, self.replay_cfg
+        if rb is None or rb.size < rc.batch_size:
+            return None
+        beta = annealed_beta(rc.beta0, self.global_step / max(self.trainer.max_steps, 1))
+        idx, w = rb.sample(rc.batch_size, beta)
+        o, a, r = rb.get(idx)
+        dist, v = self.model(o)
+        loss, gap, stats = sil_loss(dist.log_prob(a), v, r, w, rc.value_coef)
+        terms.update(stats)
+        terms["sil_is_weight_mean"] = w.mean()
+        return rc.coef * loss, idx, gap
+
+    def _store(self, b: Rollout, rewards: torch.Tensor, logs: dict) -> None:
+        """Put this rollout into the replay buffer with its returns (GAE with lambda = 1:
+        discounted to the rollout's end, bootstrapped where it cut an episode); with HER, only
+        transitions whose goal window closed inside the rollout, each with ``her_k`` relabels."""
+        p, rc = self.ppo, self.replay_cfg
+        _, ret = compute_gae(rewards, b.values, b.next_values, b.terminated, b.dones, p.gamma, 1.0)
+        obs = b.flat_obs()
+        if self.goals is None:
+            self.replay.add(obs, b.actions.reshape(-1), ret.reshape(-1))
+        else:
+            complete, _, feats, ret_k = relabel_future(b.her, ret, rc, p.gamma, p.reward_scale)
+            keep = complete.reshape(-1).nonzero(as_tuple=True)[0]  # one host sync per rollout
+            m, pos, a = obs.market[keep], obs.position[keep], b.actions.reshape(-1)[keep]
+            k = rc.her_k
+            market = torch.cat([m, m.repeat(k, 1, 1)])
+            position = torch.cat([pos, pos.repeat(k, 1)])
+            goal = torch.cat([obs.goal[keep], feats.reshape(k, -1, 2)[:, keep].reshape(-1, 2)])
+            returns = torch.cat([ret.reshape(-1)[keep], ret_k.reshape(k, -1)[:, keep].reshape(-1)])
+            self.replay.add(Obs(market, position, goal), a.repeat(k + 1), returns)
+            logs["her/stored"] = torch.tensor(float(returns.numel()))
+            logs["her/relabel_return_gain"] = (ret_k.reshape(k, -1)[:, keep] - ret.reshape(-1)[keep]).mean()
+        logs["replay/size"] = torch.tensor(float(self.replay.size))
+        if self.replay.tree is not None:
+            leaves = self.replay.tree.leaves(self.replay.size)
+            logs["replay/priority_mean"] = leaves.mean().float()
+            logs["replay/beta"] = torch.tensor(
+                annealed_beta(rc.beta0, self.global_step / max(self.trainer.max_steps, 1))
+            )
+
+    # ---- GRPO ----
+    def _grpo_advantages(self, b: Rollout, rewards: torch.Tensor, logs: dict):
+        """Group-relative advantage of each trajectory's total reward, broadcast over its steps.
+
+        A member that went bankrupt is out from the step after: its later steps are masked.
+        """
+        alive = torch.ones_like(b.terminated)
+        alive[1:] = ~(b.terminated[:-1].cumsum(0).bool())
+        returns = (rewards * alive).sum(0)  # (N,)
+        adv_traj = group_advantages(returns, self.ppo.group_size)
+        g = returns.view(-1, self.ppo.group_size)
+        logs["grpo/return_mean"] = returns.mean()
+        logs["grpo/within_group_std"] = g.std(dim=1, unbiased=False).mean()
+        logs["grpo/between_group_std"] = g.mean(dim=1).std(unbiased=False)
+        return adv_traj.expand_as(rewards), returns.expand_as(rewards), alive
+
+    def _update_grpo(self, b: Rollout, adv: torch.Tensor, alive: torch.Tensor, next_obs: Obs | None) -> dict:
+        p, obs = self.ppo, b.flat_obs()
+        actions, old_logp = b.actions.reshape(-1), b.logprobs.reshape(-1)
+        adv, mask = adv.reshape(-1), alive.reshape(-1)
+        acc: dict[str, list[torch.Tensor]] = {}
+        for _ in range(p.update_epochs):
+            perm = torch.randperm(p.batch_size, device=self.device)
+            for mb in perm.split(p.minibatch_size):
+                dist, _ = self.model(_take(obs, mb))
+                logp = dist.log_prob(actions[mb])
+                # the reference is the previous iteration's policy: the one that sampled the groups
+                pg_kl, terms = grpo_loss(logp, old_logp[mb], old_logp[mb], adv[mb], p.clip_coef, p.kl_coef, mask[mb])
+                ent = dist.entropy().mean()
+                terms["entropy"] = ent
+                loss = pg_kl - p.ent_coef * ent + self._aux_losses(obs, actions, next_obs, mb, terms)
+                fault = self._step(loss, terms)
+                if fault:
+                    return fault
+                for k, val in terms.items():
+                    acc.setdefault(k, []).append(val.detach())
         return {k: torch.stack(v).mean() for k, v in acc.items()}
 
     def _fault(self, what: str) -> None:
@@ -191,6 +366,8 @@ class PPOModule(L.LightningModule):
 
     def _check_weights(self, when: str) -> None:
         named = list(self.model.named_parameters())
+        if self.icm is not None:
+            named += [(f"icm.{n}", w) for n, w in self.icm.named_parameters()]
         ok = torch.stack([torch.isfinite(w).all() for _, w in named])
         if bool(ok.all()):  # one host sync
             return
@@ -210,11 +387,12 @@ class PPOModule(L.LightningModule):
 
     def _log_train(self, b: Rollout, adv, ret, stats, done_eq, rollout_s: float, update_s: float) -> None:
         groups = self.optimizers().param_groups
-        logs = {f"losses/{k}": v for k, v in stats.items()}
+        logs = {(k if "/" in k else f"losses/{k}"): v for k, v in stats.items()}
         logs.update({f"charts/learning_rate_{g['optimizer']}": g["lr"] for g in groups if "optimizer" in g})
+        if not self.grpo:  # GRPO trains no critic
+            logs["losses/explained_variance"] = explained_variance(b.values.flatten(), ret.flatten())
         logs.update(
             {
-                "losses/explained_variance": explained_variance(b.values.flatten(), ret.flatten()),
                 "charts/learning_rate": groups[0]["lr"],
                 "charts/env_steps": float(self.env_steps),
                 "charts/sps": b.actions.numel() / max(rollout_s + update_s, 1e-9),
@@ -240,9 +418,23 @@ class PPOModule(L.LightningModule):
         return self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
 
     # ---- evaluation ----
+    def policy(self, values: list[torch.Tensor] | None = None) -> ModelPolicy:
+        """The deterministic evaluation policy; goal-conditioned agents get ``replay.eval_goal``."""
+        goals = None
+        if self.replay_cfg is not None and self.replay_cfg.goal_conditioned:
+            goals = GoalTracker(
+                self.replay_cfg,
+                1,
+                self.market.bars_per_year,
+                self.ppo.reward_scale,
+                self.market.device,
+                fixed_goal=self.replay_cfg.eval_goal,
+            )
+        return ModelPolicy(self.model, values, goals)
+
     def _evaluate(self, split: str, values: list[torch.Tensor] | None = None) -> dict[str, EvalResult]:
         self.model.eval()
-        res = evaluate_split(self.market, split, model_policy(self.model, values))
+        res = evaluate_split(self.market, split, self.policy(values))
         self.results[split] = res
         return res
 
@@ -310,7 +502,12 @@ class PPOModule(L.LightningModule):
             "faults": dict(self.faults),
             "val_history": [dict(r) for r in self.val_history],
             "episode_log_growth": None if self._ep_acc is None else self._ep_acc.cpu(),
+            "iterations": self.iterations,
         }
+        if self.replay is not None:  # replay contents and priorities, so a resumed run samples the same
+            checkpoint["tradelab"]["replay"] = self.replay.state_dict()
+        if self.goals is not None:
+            checkpoint["tradelab"]["goals"] = {**self.goals.state_dict(), "generator": self.goals.gen.get_state()}
         if self.env is not None:
             e = self.env
             checkpoint["tradelab"]["env"] = {
@@ -336,8 +533,19 @@ class PPOModule(L.LightningModule):
         self._ep_acc = None if acc is None else acc.to(self.device)
         self._saved_rng = state.get("rng")
         self._saved_env = state.get("env")
+        self.iterations = int(state.get("iterations", 0))
+        self._saved_extra = {k: state[k] for k in ("replay", "goals") if k in state}
         if self.env is not None and self._saved_env is not None:
             self._restore_env(self._saved_env)
+        if self.env is not None:
+            self._restore_extra(self._saved_extra)
+
+    def _restore_extra(self, saved: dict) -> None:
+        if self.replay is not None and "replay" in saved:
+            self.replay.load_state_dict(saved["replay"])
+        if self.goals is not None and "goals" in saved:
+            self.goals.load_state_dict(saved["goals"])
+            self.goals.gen.set_state(saved["goals"]["generator"])
 
     def on_train_start(self) -> None:
         # after Lightning's restore and loop set-up: the next draw is the one the interrupted run made next
@@ -361,3 +569,10 @@ def _first_nonfinite(*named: tuple[str, torch.Tensor]) -> str | None:
     if bool(ok.all()):
         return None
     return next(name for (name, _), good in zip(named, ok.tolist(), strict=True) if not good)
+
+
+def _take(obs: Obs | None, idx: torch.Tensor) -> Obs | None:
+    """Rows ``idx`` of a flat observation batch (goal features included)."""
+    if obs is None:
+        return None
+    return Obs(obs.market[idx], obs.position[idx], None if obs.goal is None else obs.goal[idx])

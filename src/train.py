@@ -43,7 +43,12 @@ def _run_dir() -> Path:
 
 
 def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
-    """The configured callbacks, plus selection by validation Sharpe when none provides it (``callbacks=none``)."""
+    """The configured callbacks, plus selection by validation Sharpe when none provides it (``callbacks=none``),
+    plus ``last.ckpt`` at every validation (what ``resume`` continues from).
+
+    ``last.ckpt`` is its own unmonitored checkpoint: Lightning's ``save_last=True`` writes it only when
+    the monitored checkpoint improves, which would send a killed run back to its last *best* validation.
+    """
     bar = cfg.trainer.get("enable_progress_bar", True)  # trainer.enable_progress_bar=false drops the bar callback
     cbs = [
         build(c)
@@ -57,11 +62,22 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
                 filename="best",
                 monitor="val/sharpe",
                 mode="max",
-                save_last=True,
                 save_top_k=1,
                 enable_version_counter=False,
             )
         )
+    for c in cbs:
+        if isinstance(c, ModelCheckpoint) and c.save_last:
+            raise ConfigError("callbacks: save_last is not used (train.py writes last.ckpt at every validation)")
+    cbs.append(
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+        )
+    )
     return cbs
 
 

@@ -143,8 +143,8 @@ def _poison(monkeypatch, calls: set[int]):
     """Put a NaN into the rewards of the given rollouts (1-based)."""
     real, n = src.lit_module.collect, [0]
 
-    def collect(model, env, obs, buf):
-        out = real(model, env, obs, buf)
+    def collect(model, env, obs, buf, goals=None):
+        out = real(model, env, obs, buf, goals)
         n[0] += 1
         if n[0] in calls:
             buf.rewards[3, 1] = float("nan")

@@ -56,6 +56,8 @@ def test_optuna_sweep_shared_storage_and_from_sweep(tmp_path):
     assert best.best_value == pytest.approx(study.best_value)
     overrides = list(OmegaConf.load(b / "best_overrides.yaml"))
     assert f"lr_scale={study.best_params['lr_scale']}" in overrides
+    assert not any(o.startswith("hparams_search") for o in overrides)  # a plain run, not the sweep overlay
+    assert "env=synthetic" in overrides  # the sweep's fixed overrides travel with the parameters
 
     # one flag starts a run from the best parameters; an explicit override still wins
     run = tmp_path / "run"
@@ -68,6 +70,7 @@ def test_optuna_sweep_shared_storage_and_from_sweep(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     cfg = OmegaConf.load(run / "config.yaml")
+    assert "curve_fit_stop" not in cfg.callbacks
     assert cfg.lr_scale == pytest.approx(study.best_params["lr_scale"]) and cfg.seed == 3
     assert cfg.algo.clip_coef == pytest.approx(study.best_params["algo.clip_coef"])
 

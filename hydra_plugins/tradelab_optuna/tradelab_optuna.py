@@ -127,7 +127,10 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
         log.warning("no trial completed: no best parameters to write")
         return
     best = study.best_trial
-    params = {**best.params, **{k: v for k, v in best.user_attrs.items() if k != "run_dir"}}
+    # searched parameters and the sweep's fixed overrides (its env, budget, ...), but not the search overlay
+    # itself: from_sweep starts a plain run, without the sweep's curve-fit stopping
+    fixed = {k: v for k, v in best.user_attrs.items() if k != "run_dir" and not k.startswith("hparams_search")}
+    params = {**best.params, **fixed}
     atomic_write(
         sweep_dir / "optimization_results.yaml",
         OmegaConf.to_yaml({"name": "optuna", "best_params": params, "best_value": best.value}),

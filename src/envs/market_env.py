@@ -32,10 +32,12 @@ EPS = 1e-12
 
 @dataclass
 class Obs:
-    """Observation batch: the last ``window`` feature rows and the current weight."""
+    """Observation batch: the last ``window`` feature rows, the current weight and, for a
+    goal-conditioned policy (``replay=her``), its goal features."""
 
     market: torch.Tensor  # (N, window, F)
     position: torch.Tensor  # (N, 1)
+    goal: torch.Tensor | None = None  # (N, 2), see src/rl/her.py
 
 
 class MarketEnv:
@@ -50,6 +52,9 @@ class MarketEnv:
             whole split from its first decision bar once.
         generator: torch generator for start times (on ``market.device``).
         auto_reset: restart finished episodes inside ``step`` (default: with ``random_start``).
+        episode_length: training episode length; default ``market.episode_length``.
+        group_size: random starts are drawn once per group of this many consecutive envs, which
+            then walk the same bars (GRPO's groups); ``num_envs`` must be a multiple of it.
     """
 
     def __init__(
@@ -60,13 +65,19 @@ class MarketEnv:
         random_start: bool = True,
         generator: torch.Generator | None = None,
         auto_reset: bool | None = None,
+        episode_length: int | None = None,
+        group_size: int = 1,
     ) -> None:
         if num_envs <= 0:
             raise ValueError(f"num_envs must be > 0, got {num_envs}")
+        if group_size < 1 or num_envs % group_size:
+            raise ValueError(f"num_envs ({num_envs}) must be a positive multiple of group_size ({group_size})")
+        self.group_size = group_size
         self.m, self.split, self.n, self.random_start = market, split, num_envs, random_start
         self.auto_reset = random_start if auto_reset is None else auto_reset
         self.first, self.last = market.decision_range(split)
-        self.max_len = market.episode_length if random_start else self.last - self.first + 1
+        length = market.episode_length if episode_length is None else episode_length
+        self.max_len = length if random_start else self.last - self.first + 1
         self.rate = market.costs.rate
         dev = market.device
         self.gen = generator
@@ -83,7 +94,9 @@ class MarketEnv:
         if not self.random_start:
             return torch.full((k,), self.first, dtype=torch.long, device=self.t.device)
         hi = max(self.first, self.last - self.max_len + 1)  # prefer full-length episodes
-        return torch.randint(self.first, hi + 1, (k,), generator=self.gen, device=self.t.device)
+        g = self.group_size if k == self.n else 1
+        starts = torch.randint(self.first, hi + 1, (k // g,), generator=self.gen, device=self.t.device)
+        return starts.repeat_interleave(g) if g > 1 else starts
 
     def _write_obs(self, out: Obs) -> Obs:
         torch.add(self.t[:, None], self._offsets, out=self._idx)

@@ -89,12 +89,17 @@ class MLPEncoder(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """Encoder summary + current weight -> Beta policy over [-1, 1] and a value."""
+    """Encoder summary + current weight (+ goal features) -> Beta policy over [-1, 1] and a value.
 
-    def __init__(self, encoder: nn.Module, head_hidden: int = 64) -> None:
+    ``goal_dim`` > 0 makes the policy and critic goal-conditioned (``replay=her``): the heads
+    also read ``obs.goal``, which must then be present.
+    """
+
+    def __init__(self, encoder: nn.Module, head_hidden: int = 64, goal_dim: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
-        d = encoder.out_dim + 1  # + the current position
+        self.goal_dim = goal_dim
+        d = encoder.out_dim + 1 + goal_dim  # + the current position (+ the goal)
         self.actor = nn.Sequential(nn.Linear(d, head_hidden), nn.Tanh(), nn.Linear(head_hidden, 2))
         self.critic = nn.Sequential(nn.Linear(d, head_hidden), nn.Tanh(), nn.Linear(head_hidden, 1))
         for head, gain in ((self.actor, 0.01), (self.critic, 1.0)):  # CleanRL-style small policy output
@@ -102,7 +107,12 @@ class ActorCritic(nn.Module):
             nn.init.zeros_(head[-1].bias)
 
     def _summary(self, obs: Obs) -> torch.Tensor:
-        return torch.cat([self.encoder(obs.market), obs.position], dim=-1)
+        parts = [self.encoder(obs.market), obs.position]
+        if self.goal_dim:
+            if obs.goal is None:
+                raise ValueError("this policy is goal-conditioned (replay=her) but the observation has no goal")
+            parts.append(obs.goal)
+        return torch.cat(parts, dim=-1)
 
     def forward(self, obs: Obs) -> tuple[ScaledBeta, torch.Tensor]:
         z = self._summary(obs)
@@ -117,13 +127,19 @@ class ActorCritic(nn.Module):
         return dist.mean if deterministic else dist.sample()
 
 
-def transformer_actor_critic(num_features: int, window: int, head_hidden: int = 64, **kwargs) -> ActorCritic:
+def transformer_actor_critic(
+    num_features: int, window: int, head_hidden: int = 64, goal_dim: int = 0, **kwargs
+) -> ActorCritic:
     """Factory used by ``conf/model/transformer.yaml``."""
-    return ActorCritic(TransformerEncoder(num_features, window, **kwargs), head_hidden)
+    return ActorCritic(TransformerEncoder(num_features, window, **kwargs), head_hidden, goal_dim)
 
 
 def mlp_actor_critic(
-    num_features: int, window: int, hidden: list[int] | tuple[int, ...] = (64, 64), head_hidden: int = 64
+    num_features: int,
+    window: int,
+    hidden: list[int] | tuple[int, ...] = (64, 64),
+    head_hidden: int = 64,
+    goal_dim: int = 0,
 ) -> ActorCritic:
     """Factory used by ``conf/model/mlp.yaml``."""
-    return ActorCritic(MLPEncoder(num_features, window, tuple(hidden)), head_hidden)
+    return ActorCritic(MLPEncoder(num_features, window, tuple(hidden)), head_hidden, goal_dim)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from src.envs.market_env import MarketEnv, Obs
+from src.rl.her import GoalTracker
 
 
 @dataclass
@@ -26,9 +27,12 @@ class Rollout:
     final_position: torch.Tensor
     net_return: torch.Tensor
     turnover: torch.Tensor
+    goal: torch.Tensor | None = None  # (T, N, 2) goal features the policy saw (replay=her)
+    next_goal: torch.Tensor | None = None  # (T, N, 2) goal features after the step (bootstrap of cut episodes)
+    her: dict[str, torch.Tensor] | None = None  # (T, N) GoalTracker records
 
     @classmethod
-    def allocate(cls, steps: int, env: MarketEnv) -> Rollout:
+    def allocate(cls, steps: int, env: MarketEnv, goal_conditioned: bool = False) -> Rollout:
         n, w, f = env.n, env.m.window, env.m.num_features
         dev = env.m.device
 
@@ -49,6 +53,9 @@ class Rollout:
             final_position=z(),
             net_return=z(),
             turnover=z(),
+            goal=z(2) if goal_conditioned else None,
+            next_goal=z(2) if goal_conditioned else None,
+            her={k: z(dtype=d) for k, d in HER_FIELDS.items()} if goal_conditioned else None,
         )
 
     @property
@@ -57,12 +64,26 @@ class Rollout:
 
     def flat_obs(self) -> Obs:
         t, n = self.actions.shape
-        return Obs(self.market.view(t * n, *self.market.shape[2:]), self.position.view(t * n, 1))
+        goal = None if self.goal is None else self.goal.view(t * n, 2)
+        return Obs(self.market.view(t * n, *self.market.shape[2:]), self.position.view(t * n, 1), goal)
+
+
+HER_FIELDS = {
+    "c_before": torch.float32,
+    "c_after": torch.float32,
+    "goal": torch.float32,
+    "j": torch.long,
+    "end": torch.bool,
+    "goal_reward": torch.float32,
+}
 
 
 @torch.no_grad()
-def collect(model: torch.nn.Module, env: MarketEnv, obs: Obs, buf: Rollout) -> Obs:
+def collect(model: torch.nn.Module, env: MarketEnv, obs: Obs, buf: Rollout, goals: GoalTracker | None = None) -> Obs:
     """Fill ``buf`` with ``buf.steps`` env steps; return the observation to continue from.
+
+    With ``goals`` (``replay=her``) the policy sees the goal features, and the tracker's
+    per-step records (achieved growth, goal, window step, goal reward) go to ``buf.her``.
 
     ``next_values`` is V(s_{t+1}) of the state reached: the next stored value,
     V of the final observation for truncated episodes (one batched pass at
@@ -72,6 +93,9 @@ def collect(model: torch.nn.Module, env: MarketEnv, obs: Obs, buf: Rollout) -> O
     for t in range(steps):
         buf.market[t].copy_(obs.market)
         buf.position[t].copy_(obs.position)
+        if goals is not None:
+            obs = goals.attach(obs)
+            buf.goal[t] = obs.goal
         dist, value = model(obs)
         action = dist.sample()
         buf.actions[t], buf.logprobs[t], buf.values[t] = action, dist.log_prob(action), value
@@ -79,10 +103,16 @@ def collect(model: torch.nn.Module, env: MarketEnv, obs: Obs, buf: Rollout) -> O
         buf.rewards[t], buf.terminated[t], buf.truncated[t] = reward, term, trunc
         buf.final_t[t], buf.final_position[t] = info["final_t"], info["final_position"]
         buf.net_return[t], buf.turnover[t] = info["net_return"], info["turnover"]
+        if goals is not None:
+            for k, v in goals.step(reward, term | trunc).items():
+                buf.her[k][t] = v
+            buf.next_goal[t] = goals.features()
     buf.next_values[:-1] = buf.values[1:]
-    buf.next_values[-1] = model.value(obs)
+    buf.next_values[-1] = model.value(obs if goals is None else goals.attach(obs))
     idx = buf.truncated.nonzero(as_tuple=True)
     if idx[0].numel():
         final = env.observe(buf.final_t[idx], buf.final_position[idx])
+        if goals is not None:
+            final = Obs(final.market, final.position, buf.next_goal[idx])
         buf.next_values[idx] = model.value(final)
     return obs

@@ -1,9 +1,10 @@
-"""Aggregate an optimizer-comparison multirun into ``results.md`` and ``learning_curves.png``.
+"""Aggregate comparison multiruns into ``results.md`` and ``learning_curves.png``.
 
-Usage: ``python experiments/optimizer_comparison/compare.py <sweep dir> [--out DIR]``.
+Usage: ``python experiments/compare.py <sweep dir> --out DIR --label optimizer|variant``.
 Reads each run's ``config.yaml``, ``metrics.json``, ``run_info.json`` and ``val_history.csv``
-and groups by (env, optimizer). Figures are mean ± sample std over seeds; env-steps/s is env
-steps / wall seconds of the whole run (training, validation and test included).
+and groups by (env, label): the optimizer, or the variant (algorithm + curiosity + replay).
+Figures are mean ± sample std over seeds; env-steps/s is env steps / wall seconds of the whole
+run (training, validation and test included).
 """
 
 from __future__ import annotations
@@ -21,7 +22,25 @@ import pandas as pd
 import yaml
 
 
-def load_runs(sweep: Path) -> pd.DataFrame:
+def optimizer_label(cfg: dict) -> str:
+    return cfg["optimizer"]["_target_"].rsplit(".", 1)[-1]
+
+
+def variant_label(cfg: dict) -> str:
+    """``ppo``, ``ppo+icm``, ``ppo+prioritized``, ``grpo``, ..."""
+    algo = "grpo" if "GRPO" in cfg["algo"]["_target_"] else "ppo"
+    parts = [algo]
+    if cfg.get("curiosity"):
+        parts.append("icm")
+    if cfg.get("replay"):
+        parts.append(cfg["replay"]["kind"])
+    return "+".join(parts)
+
+
+LABELS = {"optimizer": optimizer_label, "variant": variant_label}
+
+
+def load_runs(sweep: Path, label=optimizer_label) -> pd.DataFrame:
     rows = []
     for run in sorted(p.parent for p in sweep.rglob("metrics.json")):
         cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -31,7 +50,7 @@ def load_runs(sweep: Path) -> pd.DataFrame:
             {
                 "run": run,
                 "env": cfg["env"]["name"],
-                "optimizer": cfg["optimizer"]["_target_"].rsplit(".", 1)[-1],
+                "label": label(cfg),
                 "seed": cfg["seed"],
                 "val_sharpe": m["val"]["agent"]["sharpe"],
                 "test_sharpe": m["test"]["agent"]["sharpe"],
@@ -53,13 +72,13 @@ def _ms(x: pd.Series, fmt: str) -> str:
     return f"{fmt.format(x.mean())} ± {fmt.replace('+', '').format(sd)}"
 
 
-def table(df: pd.DataFrame) -> str:
-    head = "| env | optimizer | seeds | val Sharpe | test Sharpe | test return | test max DD | wall s | env-steps/s |"
+def table(df: pd.DataFrame, name: str) -> str:
+    head = f"| env | {name} | seeds | val Sharpe | test Sharpe | test return | test max DD | wall s | env-steps/s |"
     lines = [
         head,
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for (env, opt), g in df.groupby(["env", "optimizer"], sort=True):
+    for (env, opt), g in df.groupby(["env", "label"], sort=True):
         lines.append(
             f"| {env} | {opt} | {len(g)} | {_ms(g.val_sharpe, '{:.3f}')} | {_ms(g.test_sharpe, '{:.3f}')} | "
             f"{_ms(g.test_return, '{:+.2%}')} | {_ms(g.test_mdd, '{:.2%}')} | {_ms(g.wall_s, '{:.0f}')} | "
@@ -74,7 +93,7 @@ def curves(df: pd.DataFrame, out: Path) -> None:
     envs = sorted(df.env.unique())
     fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
     for ax, env in zip(axes[0], envs, strict=True):
-        for opt, g in df[df.env == env].groupby("optimizer"):
+        for opt, g in df[df.env == env].groupby("label"):
             hist = [
                 pd.read_csv(r / "val_history.csv").set_index("env_steps").sharpe
                 for r in g.run
@@ -97,13 +116,15 @@ def curves(df: pd.DataFrame, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", type=Path)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent)
-    ap.add_argument("--command", default="make compare-optimizers")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--label", choices=sorted(LABELS), default="optimizer")
+    ap.add_argument("--title", default="Optimizer comparison")
+    ap.add_argument("--command", required=True, help="the command that produced the runs (written to the table)")
     args = ap.parse_args()
-    df = load_runs(args.sweep)
+    df = load_runs(args.sweep, LABELS[args.label])
     curves(df, args.out / "learning_curves.png")
     text = (
-        f"# Optimizer comparison\n\nCommand:\n\n```bash\n{args.command}\n```\n\n{table(df)}\n\n"
+        f"# {args.title}\n\nCommand:\n\n```bash\n{args.command}\n```\n\n{table(df, args.label)}\n\n"
         f"![validation Sharpe vs env steps](learning_curves.png)\n"
     )
     (args.out / "results.md").write_text(text)

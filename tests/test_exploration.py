@@ -1,0 +1,284 @@
+"""Curiosity (ICM), replay (uniform / prioritized / HER self-imitation) and GRPO: the maths against
+hand-computed values, and each option end to end through the CLI and through a kill and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.checkpoint import load_checkpoint
+from src.envs.market_env import Obs
+from src.errors import ConfigError
+from src.rl.grpo import group_advantages, grpo_loss, kl_k3
+from src.rl.her import relabel_future, window_goal
+from src.rl.icm import ICM, RunningMeanStd
+from src.rl.replay import ReplayBuffer, ReplayConfig, SumTree, annealed_beta, importance_weights, sil_loss
+from src.train import train
+from tests.conftest import ROOT, TINY, compose_cfg
+from tests.helpers import Killed
+
+# ---- sum-tree and prioritized replay ----
+
+
+def test_sum_tree_sampling_frequencies_follow_priority_to_the_alpha():
+    alpha, p = 0.6, torch.tensor([0.1, 1.0, 2.0, 5.0, 0.0, 3.0, 0.5])
+    tree = SumTree(7)
+    tree.update(torch.arange(7), p**alpha)
+    assert float(tree.total) == pytest.approx(float((p**alpha).sum()))
+    gen = torch.Generator().manual_seed(0)
+    n = 200_000
+    idx = torch.cat([tree.sample(1000, 7, gen) for _ in range(n // 1000)])
+    freq = torch.bincount(idx, minlength=7).double() / n
+    expected = (p**alpha / (p**alpha).sum()).double()
+    assert freq[4] == 0  # a zero priority is never drawn
+    # binomial standard error <= 0.0012 at n = 200k: 5 sigma
+    assert torch.allclose(freq, expected, atol=0.006)
+
+
+def test_sum_tree_update_recomputes_ancestors_with_duplicate_indices():
+    tree = SumTree(5)  # padded to 8 leaves
+    tree.update(torch.tensor([0, 1, 2, 3, 4]), torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+    tree.update(torch.tensor([2, 2]), torch.tensor([10.0, 10.0]))
+    assert float(tree.total) == 22.0
+    assert tree.find(torch.tensor([0.5, 1.5, 3.2, 12.9, 13.0, 21.9])).tolist() == [0, 1, 2, 2, 3, 4]
+
+
+def test_importance_weights_match_the_formula():
+    # stored p^alpha = 1, 2, 3, 4 -> P = .1 .2 .3 .4, N = 4, beta = .5: w = (N P)^-beta / max w
+    w = importance_weights(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0, 3, 1]), 0.5)
+    raw = [(4 * 0.1) ** -0.5, (4 * 0.4) ** -0.5, (4 * 0.2) ** -0.5]
+    assert w.tolist() == pytest.approx([r / raw[0] for r in raw])
+    assert w.tolist() == pytest.approx([1.0, 0.5, math.sqrt(0.5)])
+    assert annealed_beta(0.4, 0.0) == 0.4 and annealed_beta(0.4, 0.5) == pytest.approx(0.7)
+    assert annealed_beta(0.4, 2.0) == 1.0
+
+
+def test_prioritized_buffer_refreshes_priorities_and_wraps_around():
+    cfg = ReplayConfig(kind="prioritized", capacity=6, batch_size=2, alpha=1.0, eps=1e-6)
+    rb = ReplayBuffer(cfg, window=3, num_features=2, device="cpu")
+    obs = Obs(torch.arange(4 * 6, dtype=torch.float32).view(4, 3, 2), torch.zeros(4, 1))
+    rb.add(obs, torch.zeros(4), torch.arange(4, dtype=torch.float32))
+    assert rb.tree.leaves(4).tolist() == [1.0] * 4  # new transitions enter at the max priority
+    rb.update_priorities(torch.tensor([0, 1, 2, 3]), torch.tensor([0.0, 3.0, -1.0, 1.0]))
+    assert rb.tree.leaves(4).tolist() == pytest.approx([1e-6, 3.0 + 1e-6, 1e-6, 1.0 + 1e-6])
+    rb.add(obs, torch.ones(4), torch.full((4,), 9.0))  # 8 into 6 slots: overwrites the two oldest
+    assert rb.size == 6 and rb.ptr == 2 and rb.returns.tolist() == [9.0, 9.0, 2.0, 3.0, 9.0, 9.0]
+    assert rb.tree.leaves(6)[[0, 1, 4, 5]].tolist() == pytest.approx([3.0 + 1e-6] * 4)  # entered at the max
+
+
+def test_sil_loss_imitates_only_better_than_expected_transitions():
+    logp = torch.tensor([-1.0, -2.0, -0.5], requires_grad=True)
+    value = torch.tensor([1.0, 3.0, 0.0], requires_grad=True)
+    returns = torch.tensor([2.0, 1.0, 0.5])
+    loss, gap, _ = sil_loss(logp, value, returns, torch.tensor([1.0, 1.0, 0.5]), value_coef=0.01)
+    assert gap.tolist() == [1.0, 0.0, 0.5]
+    pol = -(-1.0 * 1.0 + 0.0 + -0.5 * 0.5 * 0.5) / 3
+    val = 0.5 * (1.0 + 0.0 + 0.5 * 0.25) / 3
+    assert loss.item() == pytest.approx(pol + 0.01 * val)
+    loss.backward()
+    assert logp.grad.tolist() == pytest.approx([-1 / 3, 0.0, -0.25 / 3])  # raise log pi of good actions
+    assert value.grad[1] == 0 and value.grad[0] < 0  # V is pulled up only where R > V
+
+
+# ---- HER ----
+
+
+def test_her_relabel_carries_an_achieved_goal_and_the_reward_recomputed_for_it():
+    cfg = ReplayConfig(kind="her", her_k=64, her_horizon=4, goal_weight=0.5, capacity=64, batch_size=4)
+    gamma, scale = 0.9, 100.0
+    # one env, a window of 4 bars that ends at t = 3, then an open window (t = 4, 5)
+    c_before = torch.tensor([0.0, 0.01, 0.03, 0.02, 0.0, -0.01])[:, None]
+    c_after = torch.tensor([0.01, 0.03, 0.02, 0.05, -0.01, 0.02])[:, None]
+    g = torch.full((6, 1), 0.10)  # never reached: every original goal reward is 0
+    rec = {
+        "c_before": c_before,
+        "c_after": c_after,
+        "goal": g,
+        "j": torch.tensor([0, 1, 2, 3, 0, 1])[:, None],
+        "end": torch.tensor([False, False, False, True, False, False])[:, None],
+    }
+    returns = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5])[:, None]
+    complete, goals, feats, ret = relabel_future(rec, returns, cfg, gamma, scale, torch.Generator().manual_seed(1))
+    assert complete[:, 0].tolist() == [True, True, True, True, False, False]
+    for t in range(4):
+        achieved = c_after[t:4, 0]
+        for k in range(cfg.her_k):
+            gk = goals[k, t, 0]
+            assert bool((achieved == gk).any())  # a goal reached at or after t in the same window
+            expect = returns[t, 0] + sum(
+                gamma**d * cfg.goal_weight * float(c_after[t + d, 0] >= gk) for d in range(4 - t)
+            )
+            assert float(ret[k, t, 0]) == pytest.approx(float(expect))
+            assert float(feats[k, t, 0, 0]) == pytest.approx(float((gk - c_before[t, 0]) * scale))
+            assert float(feats[k, t, 0, 1]) == pytest.approx((4 - t) / 4)
+    # t = 0 relabelled with the growth achieved at t' = 1 (0.03): reached after steps 1 and 3
+    hit = (goals[:, 0, 0] == c_after[1, 0]).nonzero()[0, 0]
+    assert float(ret[hit, 0, 0]) == pytest.approx(5.0 + 0.5 * (0.9 + 0.9**3))
+
+
+def test_window_goal_is_the_annualised_log_growth_per_window():
+    assert float(window_goal(0.05, 16, 252.0)) == pytest.approx(math.log(1.05) * 16 / 252)
+
+
+# ---- ICM ----
+
+
+def test_running_std_matches_the_batch_statistics():
+    rms, x = RunningMeanStd(eps=1e-12), torch.randn(1000, dtype=torch.float64) * 3 + 1
+    for chunk in x.split(137):
+        rms.update(chunk)
+    assert float(rms.mean) == pytest.approx(float(x.mean()), abs=1e-9)
+    assert float(rms.std) == pytest.approx(float(x.std(unbiased=False)), rel=1e-9)
+
+
+def test_icm_reward_falls_as_the_forward_model_learns_a_deterministic_transition():
+    torch.manual_seed(0)
+    icm = ICM(num_features=3, window=4, feature_dim=8, hidden=32)
+    obs = Obs(torch.randn(256, 4, 3), torch.rand(256, 1) * 2 - 1)
+    action = torch.rand(256) * 2 - 1
+    nxt = Obs(obs.market.roll(1, dims=1), action[:, None] * 0.9)  # s' a fixed function of (s, a)
+    before = icm.intrinsic_reward(obs, action, nxt).mean()  # fixes the running std
+    opt = torch.optim.Adam(icm.parameters(), lr=3e-3)
+    for _ in range(400):
+        loss = icm.losses(obs, action, nxt)
+        opt.zero_grad()
+        loss["loss"].backward()
+        opt.step()
+    after = icm.intrinsic_reward(obs, action, nxt, update_stats=False).mean()
+    assert float(after) < 0.2 * float(before)
+    assert float(icm.losses(obs, action, nxt)["inverse_loss"]) < 0.05  # phi keeps what the action controls
+
+
+def test_icm_refuses_bad_settings():
+    with pytest.raises(ConfigError, match="curiosity.beta"):
+        ICM(3, 4, beta=1.5)
+    assert ICM(3, 4, weight=0.2, decay=0.5).weight_at(2) == pytest.approx(0.05)
+
+
+# ---- GRPO ----
+
+
+def test_group_advantages_are_zero_mean_and_unit_std_per_group():
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0, -1.0, 0.0, 0.5, 7.0])
+    adv = group_advantages(r, 4).view(3, 4)
+    assert torch.allclose(adv.mean(1), torch.zeros(3), atol=1e-6)
+    assert adv[1].tolist() == [0.0] * 4  # equal outcomes: nothing to prefer
+    assert adv[0].std(unbiased=False) == pytest.approx(1.0, abs=1e-6)
+    assert adv[0].tolist() == pytest.approx([(x - 2.5) / math.sqrt(1.25) for x in (1, 2, 3, 4)])
+    with pytest.raises(ValueError, match="group_size"):
+        group_advantages(r, 5)
+
+
+def test_grpo_loss_is_the_clipped_objective_plus_the_k3_kl():
+    assert float(kl_k3(torch.tensor(0.0), torch.tensor(math.log(2.0)))) == pytest.approx(2 - math.log(2) - 1)
+    new = torch.tensor([0.0, math.log(1.5), 0.0])
+    old = torch.zeros(3)
+    ref = torch.tensor([0.0, 0.0, math.log(2.0)])
+    adv = torch.tensor([1.0, 1.0, -1.0])
+    loss, stats = grpo_loss(new, old, ref, adv, clip=0.2, kl_coef=0.1, mask=torch.tensor([True, True, False]))
+    pg = (-1.0 + -1.2) / 2  # second ratio 1.5 is clipped to 1.2 for a positive advantage; third masked
+    kl = (0.0 + (1 / 1.5 - math.log(1 / 1.5) - 1)) / 2
+    assert float(loss) == pytest.approx(pg + 0.1 * kl)
+    assert float(stats["clipfrac"]) == pytest.approx(0.5)
+
+
+# ---- end to end ----
+
+GRPO_TINY = [t for t in TINY if not t.startswith("algo.")] + [
+    "algo=grpo",
+    "algo.num_groups=2",
+    "algo.group_size=4",
+    "algo.horizon=32",
+    "algo.update_epochs=2",
+    "algo.num_minibatches=2",
+]
+SMALL_REPLAY = ["replay.capacity=512", "replay.batch_size=64"]
+
+
+def _scalars(run: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for ev in run.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+def test_every_option_trains_through_the_cli_and_logs_its_own_metrics(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "src.train",
+        "-m",
+        *TINY,
+        "curiosity=icm",
+        "replay=uniform,prioritized,her",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweep.subdir=${replay.kind}",
+    ]
+    grpo = [sys.executable, "-m", "src.train", *GRPO_TINY, f"hydra.run.dir={tmp_path / 'grpo'}"]
+    for c in (cmd, grpo):
+        proc = subprocess.run(c, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    own = {
+        "uniform": {"losses/sil_policy_loss", "losses/sil_positive_frac", "replay/size"},
+        "prioritized": {"losses/sil_is_weight_mean", "replay/priority_mean", "replay/beta"},
+        "her": {"her/goal_reward_mean", "her/stored", "her/relabel_return_gain"},
+    }
+    icm = {"curiosity/intrinsic_reward_mean", "losses/icm_forward_loss", "losses/icm_inverse_loss"}
+    for kind, tags in own.items():
+        logged = _scalars(sweep / kind)
+        assert tags | icm <= logged, (kind, sorted(logged))
+        assert json.loads((sweep / kind / "metrics.json").read_text())["test"]["agent"]["sharpe"] is not None
+    logged = _scalars(tmp_path / "grpo")
+    assert {"grpo/within_group_std", "losses/kl_ref", "losses/policy_loss"} <= logged
+    assert "losses/value_loss" not in logged  # GRPO trains no critic
+
+
+def test_grpo_refuses_replay_and_groups_share_their_start(tmp_path, capsys):
+    from src.data import build_market
+    from src.data.synthetic import generate_bars
+    from src.envs.market_env import MarketEnv
+
+    with pytest.raises(SystemExit):
+        train(compose_cfg([*GRPO_TINY, "replay=uniform"], tmp_path))
+    assert "algo=grpo has none" in capsys.readouterr().err
+    m = build_market(generate_bars(n_bars=400, seed=0), name="s", source="x", data_hash="0", window=8)
+    env = MarketEnv(m, "train", 8, generator=torch.Generator().manual_seed(0), episode_length=16, group_size=4)
+    env.reset()
+    t = env.t.view(2, 4)
+    assert (t == t[:, :1]).all() and env.max_len == 16
+
+
+def _outcome(run: Path) -> tuple[str, str]:
+    return (run / "metrics.json").read_text(), (run / "val_history.csv").read_text()
+
+
+@pytest.mark.parametrize("extra", [["curiosity=icm", "replay=prioritized"], ["replay=her"]])
+def test_replay_and_icm_state_survive_a_kill_and_resume(tmp_path, extra):
+    over = [*TINY, "trainer.max_steps=24", "trainer.val_check_interval=2", *SMALL_REPLAY, *extra]
+    full = tmp_path / "full"
+    full.mkdir()
+    train(compose_cfg(over, full))
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    brk = ["+callbacks.brk._target_=tests.helpers.BreakAt", "+callbacks.brk.at=5", "+callbacks.brk.signal=KILL"]
+    with pytest.raises(Killed):
+        train(compose_cfg([*over, *brk], cut))
+    saved = load_checkpoint(cut / "checkpoints" / "last.ckpt")["tradelab"]
+    assert saved["replay"]["size"] > 0 and saved["iterations"] == 4
+    if "curiosity=icm" in extra:
+        assert float(saved["replay"]["tree"].sum()) > 0
+    else:
+        assert "goals" in saved
+    train(compose_cfg([f"resume={cut}"], cut))
+    assert _outcome(cut) == _outcome(full)
