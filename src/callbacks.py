@@ -148,7 +148,8 @@ class CurveFitEarlyStopping(Callback):
     the best Sharpe is ``patience`` validations old: a run that is still improving is never stopped.
     Each decision is logged (``curve_fit/*``) and kept in :attr:`decisions` (saved in checkpoints).
     In an Optuna sweep (``src.sweeper``) the predicted Sharpe is reported to the trial at each step,
-    and the run stops when the study's pruner prunes it.
+    and the run also stops when the study's pruner votes to prune it *and* it has stalled (the pruner
+    compares trials; it does not override "never stop a run that is still improving").
     """
 
     def __init__(self, min_points: int = 5, patience: int = 3, threshold: float = 0.5, min_delta: float = 0.0) -> None:
@@ -182,14 +183,18 @@ class CurveFitEarlyStopping(Callback):
         stall = stalled(sharpes, self.patience, self.min_delta)
         stop = sf.prediction < self.threshold and stall
         reason = f"predicted final Sharpe {sf.prediction:.3f} < {self.threshold} and no improvement in {self.patience}"
-        pruned = False
+        pruned = prune_vote = False
         trial = active_trial()
         if trial is not None:
             trial.report(sf.prediction, trainer.global_step)
-            pruned = bool(trial.should_prune())  # numpy bool from some pruners: not checkpoint-safe
+            prune_vote = bool(trial.should_prune())  # numpy bool from some pruners: not checkpoint-safe
+            pruned = prune_vote and stall  # the pruner ranks trials; a still-improving run is never stopped
             if pruned:
                 mark_pruned()
-                stop, reason = True, f"Optuna pruned the trial (predicted final Sharpe {sf.prediction:.3f})"
+                stop, reason = True, (
+                    f"Optuna pruned the trial (predicted final Sharpe {sf.prediction:.3f} below the pruner's bar; "
+                    f"no improvement in {self.patience})"
+                )
         d = {
             "step": trainer.global_step,
             "sharpe_fit": list(sf.params),
@@ -199,6 +204,7 @@ class CurveFitEarlyStopping(Callback):
             "loss_fit_ok": lf.ok,
             "predicted_loss": lf.prediction,
             "stalled": stall,
+            "pruner_vote": prune_vote,
             "pruned": pruned,
             "stop": stop,
         }

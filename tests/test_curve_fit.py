@@ -102,22 +102,34 @@ def test_a_stalled_run_predicted_to_be_good_continues():
     assert not trainer.should_stop and cb.decisions[-1]["stalled"] and cb.decisions[-1]["predicted_sharpe"] > 0.5
 
 
-def test_optuna_pruner_sees_the_prediction_and_prunes():
+def test_optuna_pruner_sees_the_prediction_and_prunes_only_a_stalled_run():
     optuna = pytest.importorskip("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(1, 0))
     good = study.ask()
-    for step in range(400, 1100, 100):
+    for step in range(400, 2100, 100):
         good.report(2.0, step)
     study.tell(good, 2.0)
-    trial = study.ask()
-    set_active_trial(trial)
+
+    rising = study.ask()  # below the pruner's bar but still improving: never stopped
+    set_active_trial(rising)
     try:
-        cb = CurveFitEarlyStopping(min_points=4, patience=50, threshold=-10.0)  # only the pruner can stop it
+        cb = CurveFitEarlyStopping(min_points=4, patience=2, threshold=-10.0)  # the threshold alone never stops
         trainer = _drive(cb, [0.1, 0.2, 0.25, 0.3, 0.35, 0.4])
     finally:
         set_active_trial(None)
-    assert trainer.should_stop and cb.stopped["pruned"] and trainer.global_step == 400
-    assert trial.storage.get_trial(trial._trial_id).intermediate_values[400] == pytest.approx(
+    assert not trainer.should_stop and all(d["pruner_vote"] and not d["pruned"] for d in cb.decisions)
+    assert rising.storage.get_trial(rising._trial_id).intermediate_values[400] == pytest.approx(
         cb.decisions[0]["predicted_sharpe"]
     )
+    study.tell(rising, 0.4)
+
+    flat = study.ask()  # below the bar and stalled for `patience` checks: pruned
+    set_active_trial(flat)
+    try:
+        cb = CurveFitEarlyStopping(min_points=4, patience=2, threshold=-10.0)
+        trainer = _drive(cb, [0.1, 0.3, 0.2, 0.25, 0.2, 0.1, 0.2])
+    finally:
+        set_active_trial(None)
+    assert trainer.should_stop and cb.stopped["pruned"] and trainer.global_step == 400
+    assert "Optuna pruned" in cb.stopped["reason"]
