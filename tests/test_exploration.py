@@ -9,17 +9,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from src.checkpoint import load_checkpoint
 from src.envs.market_env import Obs
 from src.errors import ConfigError
+from src.lit_module import PPOModule
 from src.rl.grpo import group_advantages, grpo_loss, kl_k3
 from src.rl.her import relabel_future, window_goal
 from src.rl.icm import ICM, RunningMeanStd
 from src.rl.replay import ReplayBuffer, ReplayConfig, SumTree, annealed_beta, importance_weights, sil_loss
 from src.train import train
+from src.utils import build
 from tests.conftest import ROOT, TINY, compose_cfg
 from tests.helpers import Killed
 
@@ -282,3 +286,17 @@ def test_replay_and_icm_state_survive_a_kill_and_resume(tmp_path, extra):
         assert "goals" in saved
     train(compose_cfg([f"resume={cut}"], cut))
     assert _outcome(cut) == _outcome(full)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "muon", "shampoo", "soap"])
+def test_grpo_trains_with_every_optimizer_and_leaves_the_critic_untouched(tmp_path, optimizer):
+    cfg = compose_cfg([*GRPO_TINY, f"optimizer={optimizer}", "trainer.max_steps=4"], tmp_path)
+    train(cfg)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # the same initial weights as the run
+    job = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    fresh = PPOModule(job, build(cfg.env)).model.state_dict()
+    trained = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    critic = [k for k in fresh if k.startswith("critic.")]
+    actor = [k for k in fresh if k.startswith("actor.")]
+    assert critic and all(torch.equal(trained[f"model.{k}"], fresh[k]) for k in critic)
+    assert any(not torch.equal(trained[f"model.{k}"], fresh[k]) for k in actor)
