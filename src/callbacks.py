@@ -191,9 +191,12 @@ class CurveFitEarlyStopping(Callback):
             pruned = prune_vote and stall  # the pruner ranks trials; a still-improving run is never stopped
             if pruned:
                 mark_pruned()
-                stop, reason = True, (
-                    f"Optuna pruned the trial (predicted final Sharpe {sf.prediction:.3f} below the pruner's bar; "
-                    f"no improvement in {self.patience})"
+                stop, reason = (
+                    True,
+                    (
+                        f"Optuna pruned the trial (predicted final Sharpe {sf.prediction:.3f} below the pruner's bar; "
+                        f"no improvement in {self.patience})"
+                    ),
                 )
         d = {
             "step": trainer.global_step,
@@ -236,6 +239,23 @@ class CurveFitEarlyStopping(Callback):
             "checks": len(self.decisions),
             "last": self.decisions[-1] if self.decisions else None,
         }
+
+    def report_section(self) -> list[str]:
+        """Markdown for the run's report.md: the last prediction and the stop, if any."""
+        lines = ["## Curve-fit early stopping", ""]
+        if not self.decisions:
+            return [*lines, f"Fewer than {self.min_points} validations: no fit was made.", ""]
+        d = self.decisions[-1]
+        lines.append(
+            f"{len(self.decisions)} fits; the last, at step {d['step']}, predicted a final Sharpe of "
+            f"{d['predicted_sharpe']:.3f} (threshold {self.threshold:g})"
+            f"{'' if d['sharpe_fit_ok'] else ' from the fallback (the fit failed)'}."
+        )
+        if self.stopped is not None:
+            lines.append(f"Stopped at step {self.stopped['step']}: {self.stopped['reason']}.")
+        else:
+            lines.append("Not stopped.")
+        return [*lines, ""]
 
     def state_dict(self) -> dict:
         return {"points": self.points, "decisions": self.decisions, "stopped": self.stopped}

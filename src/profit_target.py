@@ -144,6 +144,39 @@ class ProfitTarget(Callback):
         """What the run report lists."""
         return {"targets": self.targets, "reached": self.reached, "adjustments": self.adjustments}
 
+    def report_section(self) -> list[str]:
+        """Markdown for the run's report.md: the targets, whether validation met them, every adjustment."""
+        t = self.targets
+        lines = [
+            "## Profitability target",
+            "",
+            f"Targets on the validation period: Sharpe > {t['sharpe']:g}, total return > {100 * t['total_return']:g}%, "
+            f"max drawdown < {100 * t['max_drawdown']:g}%.",
+            "",
+        ]
+        if self.reached is not None:
+            r = self.reached
+            lines.append(
+                f"Met at step {r['step']} after {r['adjustments']} adjustment(s) (Sharpe {r['sharpe']:.3f}, "
+                f"return {100 * r['total_return']:.2f}%, max drawdown {100 * r['max_drawdown']:.2f}%); "
+                "that checkpoint is the one tested."
+            )
+        else:
+            lines.append("Not met within the step budget; the best-Sharpe validation checkpoint is the one tested.")
+        lines += ["", f"Adjustments made: {len(self.adjustments)} of at most {self.max_adjustments}.", ""]
+        if self.adjustments:
+            lines += [
+                "| # | step | best val Sharpe before | changes | lr after | ent_coef | clip | epochs |",
+                "|---:|---:|---:|---|---:|---:|---:|---:|",
+            ]
+            lines += [
+                f"| {a['adjustment']} | {a['step']} | {a['best_val_sharpe']:.3f} | {a['changes']} | {a['lr']:.3g} | "
+                f"{a['ent_coef']:.3g} | {a['clip_coef']:.2f} | {a['update_epochs']} |"
+                for a in self.adjustments
+            ]
+            lines.append("")
+        return lines
+
     def state_dict(self) -> dict:
         return {
             "sharpes": self.sharpes,

@@ -144,8 +144,14 @@ def write_run_outputs(
     info: dict,
     title: str,
     verdict: dict | None = None,
+    sections: dict[str, list[str]] | None = None,
 ) -> str:
-    """Write every report file of a run and return the summary table (and verdict) for the console."""
+    """Write every report file of a run and return the summary table (and verdict) for the console.
+
+    ``sections`` maps a key of ``info`` to the markdown lines that report it (a callback's own section, e.g.
+    the profitability target's adjustments); those keys are left out of the plain ``## Run`` list.
+    """
+    sections = sections or {}
     run_dir = Path(run_dir)
     for split, res in results.items():
         led = res["agent"].ledger.copy()
@@ -193,7 +199,9 @@ def write_run_outputs(
             "",
         ]
         table = f"{table}\n\n{verdict['sentence']}"
+    for block in sections.values():
+        lines += block
     lines += ["## Run", ""]
-    lines += _bullets(info)
+    lines += _bullets({k: v for k, v in info.items() if k not in sections})
     atomic_write(run_dir / "report.md", "\n".join(lines) + "\n")
     return table

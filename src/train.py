@@ -210,7 +210,9 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     # before test() loads the best checkpoint (and with it that checkpoint's counters)
     env_steps, grad_steps, faults = module.env_steps, trainer.global_step, module.faults["total"]
 
-    reports = json_safe({cb.report_key: cb.summary() for cb in callbacks if hasattr(cb, "report_key")})
+    reporting = [cb for cb in callbacks if hasattr(cb, "report_key")]
+    reports = json_safe({cb.report_key: cb.summary() for cb in reporting})
+    sections = {cb.report_key: cb.report_section() for cb in reporting}
     best = ckpt_cb.best_model_path
     target = next((cb for cb in callbacks if isinstance(cb, ProfitTarget)), None)
     if target is not None and target.checkpoint:  # the validation that met the target is the selection
@@ -234,7 +236,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
     title = f"{market.name}: agent vs buy-and-hold (selected on validation, test evaluated once)"
     judged = verdict(results, market.bars_per_year, [r["sharpe"] for r in module.val_history])
-    table = write_run_outputs(run_dir, results, info["command"], info, title, judged)
+    table = write_run_outputs(run_dir, results, info["command"], info, title, judged, sections)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)
     return float(results["val"]["agent"].metrics["sharpe"])
 

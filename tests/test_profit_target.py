@@ -137,7 +137,11 @@ def test_adjustments_reach_the_report_and_survive_a_kill(tmp_path):
     assert adj[2]["update_epochs"] == 3 and adj[2]["clip_coef"] == pytest.approx(0.25)  # TINY: 2 epochs, clip .2
     assert info["curve_fit_stop"]["checks"] >= 1 and info["curve_fit_stop"]["stopped"] is None
     report = (full / "report.md").read_text()
-    assert "adjustments" in report and "lr x0.5" in report and "## Verdict" in report
+    assert "## Verdict" in report and "## Profitability target" in report and "Not met within the step budget" in report
+    assert "Adjustments made: 3 of at most 3." in report
+    rows = [r for r in report.splitlines() if r.startswith(("| 1 |", "| 2 |", "| 3 |"))]
+    assert len(rows) == 3 and "lr x0.5; ent_coef x1.2" in rows[0] and "clip +0.05, update_epochs +1" in rows[2]
+    assert "## Curve-fit early stopping" in report and "Not stopped." in report
 
     cut = tmp_path / "cut"
     with pytest.raises(Killed):

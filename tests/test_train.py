@@ -164,7 +164,7 @@ def test_cli_multirun(tmp_path):
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert [p.name for p in runs] == ["0_synthetic_s0", "1_synthetic_s1"]
     res = subprocess.run(
-        [sys.executable, "experiments/optimizer_comparison/compare.py", str(sweep), "--out", str(tmp_path)],
+        [sys.executable, "experiments/compare.py", str(sweep), "--out", str(tmp_path), "--command", "test"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -128,8 +128,9 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
         return
     best = study.best_trial
     # searched parameters and the sweep's fixed overrides (its env, budget, ...), but not the search overlay
-    # itself: from_sweep starts a plain run, without the sweep's curve-fit stopping
-    fixed = {k: v for k, v in best.user_attrs.items() if k != "run_dir" and not k.startswith("hparams_search")}
+    # itself nor settings of its stopping callbacks: from_sweep starts a plain run, without curve-fit stopping
+    overlay = ("hparams_search", "callbacks.", "+callbacks.", "~callbacks.")
+    fixed = {k: v for k, v in best.user_attrs.items() if k != "run_dir" and not k.startswith(overlay)}
     params = {**best.params, **fixed}
     atomic_write(
         sweep_dir / "optimization_results.yaml",
