@@ -62,10 +62,11 @@ compare-exploration: $(STAMP)  ## PPO vs curiosity, each replay and GRPO, 3 seed
 	@mkdir -p $(EXPLORE_DIR)
 	@set -e; pids=""; for env in tsla synthetic; do \
 		( for v in $(EXPLORE_VARIANTS); do \
-			echo "sweep env=$$env $$v -> $(EXPLORE_DIR)/$$env/$$v"; \
+			d=$$(echo $$v | tr = -); \
+			echo "sweep env=$$env $$v -> $(EXPLORE_DIR)/$$env/$$d"; \
 			$(PYTHON) -m src.train -m $$v seed=0,1,2 env=$$env \
 				threads=$(COMPARE_THREADS) trainer.max_steps=$(COMPARE_STEPS) trainer.enable_progress_bar=false \
-				hydra.sweep.dir=$(EXPLORE_DIR)/$$env/$$v >> $(EXPLORE_DIR)/$$env.log 2>&1; \
+				hydra.sweep.dir=$(EXPLORE_DIR)/$$env/$$d >> $(EXPLORE_DIR)/$$env.log 2>&1 || exit 1; \
 		done ) & pids="$$pids $$!"; \
 	done; for p in $$pids; do wait $$p; done
 	$(PYTHON) experiments/compare.py $(EXPLORE_DIR) --out experiments/exploration_replay --label variant \
