@@ -24,8 +24,10 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from src.augment import Augmenter
 from src.checkpoint import rng_state, set_rng_state
 from src.data.market import Market
+from src.envs.augmented_env import AugmentedEnv
 from src.envs.market_env import MarketEnv, Obs
 from src.errors import ConfigError, NumericalFault
 from src.evaluation import EvalResult, ModelPolicy, evaluate_split
@@ -84,6 +86,7 @@ class PPOModule(L.LightningModule):
             if self.cfg.get("curiosity")
             else None
         )
+        self.augmenter: Augmenter | None = build(self.cfg.augmentation) if self.cfg.get("augmentation") else None
         self.replay: ReplayBuffer | None = None
         self.goals: GoalTracker | None = None
         self._saved_extra: dict | None = None
@@ -92,6 +95,7 @@ class PPOModule(L.LightningModule):
         self.obs: Obs | None = None
         self.buf: Rollout | None = None
         self.env_steps = 0
+        self.last_train_returns: torch.Tensor | None = None
         self.results: dict[str, dict[str, EvalResult]] = {}
         self._ep_acc: torch.Tensor | None = None  # running log growth of the episodes in progress
         self._saved_env: dict | None = None
@@ -118,7 +122,13 @@ class PPOModule(L.LightningModule):
             gen = torch.Generator(device=self.device)
             gen.manual_seed(int(self.cfg.seed) * 1000 + self.global_rank)
             grouped = {"episode_length": self.ppo.horizon, "group_size": self.ppo.group_size} if self.grpo else {}
-            self.env = MarketEnv(self.market, "train", self.ppo.num_envs, random_start=True, generator=gen, **grouped)
+            if self.augmenter is not None:  # training episodes on their own augmented paths
+                steps = self.ppo.horizon if self.grpo else self.ppo.rollout_steps
+                self.env = AugmentedEnv(self.market, self.ppo.num_envs, self.augmenter, gen, min_path=steps, **grouped)
+            else:
+                self.env = MarketEnv(
+                    self.market, "train", self.ppo.num_envs, random_start=True, generator=gen, **grouped
+                )
             self.obs = self.env.reset()
             rc = self.replay_cfg
             if rc is not None:
@@ -156,6 +166,7 @@ class PPOModule(L.LightningModule):
         self.obs = collect(self.model, self.env, self.obs, self.buf, self.goals)
         self.model.train()
         b, p = self.buf, self.ppo
+        self.last_train_returns = b.net_return  # per-bar net returns of this rollout (the curriculum's Sharpe)
         self.env_steps += p.batch_size
         self.iterations += 1
         ep_log = self._episode_log_returns(b)
@@ -171,6 +182,8 @@ class PPOModule(L.LightningModule):
             return
         rewards = b.rewards * p.reward_scale  # value targets in log-percent, not ~1e-3 (reports use the ledger)
         extra: dict[str, torch.Tensor] = {}
+        if isinstance(self.env, AugmentedEnv):  # what the latest generation of training paths got
+            extra.update({f"augment/{k}": v for k, v in self.env.stats.items()})
         if self.goals is not None:
             rewards = rewards + b.her["goal_reward"]
             extra["her/goal_reward_mean"] = b.her["goal_reward"].mean()
@@ -509,14 +522,7 @@ class PPOModule(L.LightningModule):
         if self.goals is not None:
             checkpoint["tradelab"]["goals"] = {**self.goals.state_dict(), "generator": self.goals.gen.get_state()}
         if self.env is not None:
-            e = self.env
-            checkpoint["tradelab"]["env"] = {
-                "t": e.t.cpu(),
-                "steps": e.steps.cpu(),
-                "position": e.position.cpu(),
-                "equity": e.equity.cpu(),
-                "generator": e.gen.get_state(),
-            }
+            checkpoint["tradelab"]["env"] = self.env.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("tradelab", {})
@@ -557,9 +563,10 @@ class PPOModule(L.LightningModule):
         e = self.env
         if saved["t"].shape != e.t.shape:
             raise ConfigError(f"the checkpoint has {saved['t'].numel()} envs, algo.num_envs is {e.n}")
-        for name in ("t", "steps", "position", "equity"):
-            getattr(e, name).copy_(saved[name].to(self.device))
-        e.gen.set_state(saved["generator"])
+        try:
+            e.load_state_dict(saved)
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"the checkpoint's env state does not fit this run's env: {err}") from None
         self.obs = e.observe(e.t, e.position)
 
 

@@ -55,6 +55,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
         for k, c in (cfg.get("callbacks") or {}).items()
         if c is not None and "_target_" in c and (bar or k != "progress_bar")
     ]
+    if cfg.get("curriculum"):  # its own config group (curriculum=linear|adaptive), a callback like the others
+        cbs.append(build(cfg.curriculum))
     if not any(isinstance(c, ModelCheckpoint) and c.monitor == "val/sharpe" for c in cbs):
         cbs.append(
             ModelCheckpoint(

@@ -28,3 +28,31 @@ class BreakAt(Callback):
         if self.signal == "KILL":
             raise Killed(f"simulated SIGKILL after iteration {self.at}")
         os.kill(os.getpid(), getattr(signal, f"SIG{self.signal}"))
+
+
+def run_killed_and_resumed(tmp_path, overrides: list[str], at: int = 5):
+    """Train ``overrides`` uninterrupted (``full``) and killed after iteration ``at`` then resumed (``cut``).
+
+    Returns the two run directories and the checkpoint the resume started from.
+    """
+    import pytest
+
+    from src.checkpoint import load_checkpoint
+    from src.train import train
+    from tests.conftest import compose_cfg
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    full.mkdir()
+    cut.mkdir()
+    train(compose_cfg(overrides, full))
+    brk = ["+callbacks.brk._target_=tests.helpers.BreakAt", f"+callbacks.brk.at={at}", "+callbacks.brk.signal=KILL"]
+    with pytest.raises(Killed):
+        train(compose_cfg([*overrides, *brk], cut))
+    saved = load_checkpoint(cut / "checkpoints" / "last.ckpt")
+    train(compose_cfg([f"resume={cut}"], cut))
+    return full, cut, saved
+
+
+def outcome(run) -> tuple[str, str]:
+    """What a resumed run must reproduce byte for byte: its metrics and its validation history."""
+    return (run / "metrics.json").read_text(), (run / "val_history.csv").read_text()

@@ -25,7 +25,7 @@ from src.rl.replay import ReplayBuffer, ReplayConfig, SumTree, annealed_beta, im
 from src.train import train
 from src.utils import build
 from tests.conftest import ROOT, TINY, compose_cfg
-from tests.helpers import Killed
+from tests.helpers import outcome, run_killed_and_resumed
 
 # ---- sum-tree and prioritized replay ----
 
@@ -263,29 +263,17 @@ def test_grpo_refuses_replay_and_groups_share_their_start(tmp_path, capsys):
     assert (t == t[:, :1]).all() and env.max_len == 16
 
 
-def _outcome(run: Path) -> tuple[str, str]:
-    return (run / "metrics.json").read_text(), (run / "val_history.csv").read_text()
-
-
 @pytest.mark.parametrize("extra", [["curiosity=icm", "replay=prioritized"], ["replay=her"]])
 def test_replay_and_icm_state_survive_a_kill_and_resume(tmp_path, extra):
     over = [*TINY, "trainer.max_steps=24", "trainer.val_check_interval=2", *SMALL_REPLAY, *extra]
-    full = tmp_path / "full"
-    full.mkdir()
-    train(compose_cfg(over, full))
-    cut = tmp_path / "cut"
-    cut.mkdir()
-    brk = ["+callbacks.brk._target_=tests.helpers.BreakAt", "+callbacks.brk.at=5", "+callbacks.brk.signal=KILL"]
-    with pytest.raises(Killed):
-        train(compose_cfg([*over, *brk], cut))
-    saved = load_checkpoint(cut / "checkpoints" / "last.ckpt")["tradelab"]
+    full, cut, ckpt = run_killed_and_resumed(tmp_path, over)
+    saved = ckpt["tradelab"]
     assert saved["replay"]["size"] > 0 and saved["iterations"] == 4
     if "curiosity=icm" in extra:
         assert float(saved["replay"]["tree"].sum()) > 0
     else:
         assert "goals" in saved
-    train(compose_cfg([f"resume={cut}"], cut))
-    assert _outcome(cut) == _outcome(full)
+    assert outcome(cut) == outcome(full)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "muon", "shampoo", "soap"])

@@ -73,6 +73,7 @@ class MarketEnv:
         if group_size < 1 or num_envs % group_size:
             raise ValueError(f"num_envs ({num_envs}) must be a positive multiple of group_size ({group_size})")
         self.group_size = group_size
+        self.start_pool: torch.Tensor | None = None
         self.m, self.split, self.n, self.random_start = market, split, num_envs, random_start
         self.auto_reset = random_start if auto_reset is None else auto_reset
         self.first, self.last = market.decision_range(split)
@@ -80,6 +81,9 @@ class MarketEnv:
         self.max_len = length if random_start else self.last - self.first + 1
         self.rate = market.costs.rate
         dev = market.device
+        # what step() and the observations read: the market's own series (subclasses swap in their paths)
+        self._feat, self._pre, self._post = market.features, market.pre, market.post
+        self._stop: int | torch.Tensor = self.last + 1  # reaching this bar ends the episode (end of the split)
         self.gen = generator
         self.t = torch.full((num_envs,), self.first, dtype=torch.long, device=dev)
         self.steps = torch.zeros(num_envs, dtype=torch.long, device=dev)
@@ -93,15 +97,41 @@ class MarketEnv:
     def _starts(self, k: int) -> torch.Tensor:
         if not self.random_start:
             return torch.full((k,), self.first, dtype=torch.long, device=self.t.device)
-        hi = max(self.first, self.last - self.max_len + 1)  # prefer full-length episodes
         g = self.group_size if k == self.n else 1
-        starts = torch.randint(self.first, hi + 1, (k // g,), generator=self.gen, device=self.t.device)
+        if self.start_pool is not None:  # a curriculum's subset of start bars
+            pick = torch.randint(0, len(self.start_pool), (k // g,), generator=self.gen, device=self.t.device)
+            starts = self.start_pool[pick]
+        else:
+            hi = max(self.first, self.last - self.max_len + 1)  # prefer full-length episodes
+            starts = torch.randint(self.first, hi + 1, (k // g,), generator=self.gen, device=self.t.device)
         return starts.repeat_interleave(g) if g > 1 else starts
+
+    def _realised(self, first_bar: torch.Tensor, length: int) -> torch.Tensor:
+        """Realised volatility of the ``length`` bars after each of ``first_bar`` (the market's own returns)."""
+        growth = torch.log1p(self.m.pre) + torch.log1p(self.m.post)  # close-to-close log return of each bar
+        idx = first_bar[:, None] + 1 + torch.arange(length, device=first_bar.device)
+        return growth[idx.clamp(max=len(growth) - 1)].std(dim=1)
+
+    def regime_order(self) -> torch.Tensor:
+        """Every training start bar, calmest episode first (realised volatility of a full-length episode).
+
+        For a curriculum: this orders *training* episodes only, by the bars they will walk; it does
+        not reach an observation, and validation and test are not involved.
+        """
+        hi = max(self.first, self.last - self.max_len + 1)
+        starts = torch.arange(self.first, hi + 1, device=self.t.device)
+        return starts[torch.argsort(self._realised(starts, self.max_len), stable=True)]
+
+    def set_start_pool(self, pool: torch.Tensor | None) -> None:
+        """Draw training starts from ``pool`` (non-empty) from the next episode on; None: from every bar."""
+        if pool is not None and len(pool) == 0:
+            raise ValueError("a start pool must not be empty")
+        self.start_pool = pool
 
     def _write_obs(self, out: Obs) -> Obs:
         torch.add(self.t[:, None], self._offsets, out=self._idx)
         w, f = self.m.window, self.m.num_features
-        torch.index_select(self.m.features, 0, self._idx.view(-1), out=out.market.view(self.n * w, f))
+        torch.index_select(self._feat, 0, self._idx.view(-1), out=out.market.view(self.n * w, f))
         out.position.copy_(self.position[:, None])
         return out
 
@@ -128,7 +158,7 @@ class MarketEnv:
         """
         a = action.detach().reshape(self.n).to(self.position.dtype).clamp(*self.m.position_limits)
         nxt = self.t + 1
-        pre, post = self.m.pre[nxt], self.m.post[nxt]
+        pre, post = self._pre[nxt], self._post[nxt]
         p = self.position
         g1 = 1 + p * pre
         drifted = torch.where(g1 > EPS, p * (1 + pre) / g1.clamp_min(EPS), torch.zeros_like(p))
@@ -153,11 +183,11 @@ class MarketEnv:
         self.steps += 1
         pos = torch.where(g2 > EPS, held * (1 + post) / g2.clamp_min(EPS), torch.zeros_like(held))
         terminated = equity <= self.m.min_equity
-        truncated = ~terminated & ((self.steps >= self.max_len) | (nxt >= self.last + 1))
+        truncated = ~terminated & ((self.steps >= self.max_len) | (nxt >= self._stop))
         info["final_t"], info["final_position"] = nxt, pos
         if self.auto_reset:  # same-step reset without a host sync: where() over all envs
             done = terminated | truncated
-            nxt = torch.where(done, self._starts(self.n), nxt)
+            nxt = torch.where(done, self._restart_points(nxt), nxt)
             self.steps.masked_fill_(done, 0)
             pos = pos.masked_fill(done, 0.0)
             equity = equity.masked_fill(done, 1.0)
@@ -167,4 +197,25 @@ class MarketEnv:
     def observe(self, t: torch.Tensor, position: torch.Tensor) -> Obs:
         """A fresh observation for arbitrary bars and weights (off the hot path, e.g. final states)."""
         idx = t.reshape(-1, 1) + self._offsets
-        return Obs(self.m.features[idx], position.reshape(-1, 1).to(self.position.dtype))
+        return Obs(self._feat[idx], position.reshape(-1, 1).to(self.position.dtype))
+
+    def _restart_points(self, nxt: torch.Tensor) -> torch.Tensor:
+        """(N,) bars where an episode that just ended starts its next one (used where done)."""
+        return self._starts(self.n)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue the same episodes (on the CPU)."""
+        return {
+            "t": self.t.cpu(),
+            "steps": self.steps.cpu(),
+            "position": self.position.cpu(),
+            "equity": self.equity.cpu(),
+            "generator": self.gen.get_state(),
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        if saved["t"].shape != self.t.shape:
+            raise ValueError(f"the checkpoint has {saved['t'].numel()} envs, this env has {self.n}")
+        for name in ("t", "steps", "position", "equity"):
+            getattr(self, name).copy_(saved[name].to(self.t.device))
+        self.gen.set_state(saved["generator"])
