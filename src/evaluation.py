@@ -37,7 +37,9 @@ def run_policies(market: Market, split: str, policy: Policy | None) -> dict[str,
 
     Returns one ledger per name (``agent``, ``buy_and_hold``, ``flat``).
     """
-    names = (["agent"] if policy is not None else []) + list(BASELINES)
+    agents = list(getattr(policy, "names", ["agent"])) if policy is not None else []
+    n_agents = len(agents)
+    names = agents + list(BASELINES)
     fixed = torch.tensor([BASELINES[k] for k in BASELINES], device=market.device)
     env = MarketEnv(market, split, num_envs=len(names), random_start=False)
     obs = env.reset()
@@ -46,7 +48,7 @@ def run_policies(market: Market, split: str, policy: Policy | None) -> dict[str,
     }
     alive = torch.ones(len(names), dtype=torch.bool, device=market.device)
     for _ in range(env.max_len):
-        action = torch.cat([policy(obs).reshape(1), fixed]) if policy is not None else fixed
+        action = torch.cat([policy(_first(obs, n_agents)).reshape(n_agents), fixed]) if policy is not None else fixed
         action = torch.where(alive, action, torch.zeros_like(action))
         obs, reward, terminated, truncated, info = env.step(action)
         if policy is not None and hasattr(policy, "after_step"):  # stateful policies (goal-conditioned)
@@ -63,6 +65,10 @@ def run_policies(market: Market, split: str, policy: Policy | None) -> dict[str,
         df.insert(0, "price", bars["close"].to_numpy()[t])
         out[name] = df[list(COLUMNS)]
     return out
+
+
+def _first(obs: Obs, k: int) -> Obs:
+    return Obs(obs.market[:k], obs.position[:k], None if obs.goal is None else obs.goal[:k])
 
 
 def ledger_metrics(ledger: pd.DataFrame, bars_per_year: float) -> dict[str, float]:
@@ -86,19 +92,27 @@ class ModelPolicy:
     With ``values``, the critic's value of every observation it acts on is appended there.
     With ``goals`` (a one-env :class:`~src.rl.her.GoalTracker` with a fixed goal), a
     goal-conditioned policy is told its goal and the tracker follows the realised growth.
+    An ensemble (:class:`~src.models.ensemble.Ensemble`) acts with its aggregate as ``agent``
+    and, in the same batched call, each member alone as ``member_i`` on its own env.
     """
 
     def __init__(self, model: torch.nn.Module, values: list[torch.Tensor] | None = None, goals=None) -> None:
         self.model, self.values, self.goals = model, values, goals
+        n = len(getattr(model, "members", []))
+        self.names = ["agent", *(f"member_{i}" for i in range(n))]
 
     def __call__(self, obs: Obs) -> torch.Tensor:
-        o = Obs(obs.market[:1], obs.position[:1])
-        if self.goals is not None:
+        k = len(self.names)
+        o = Obs(obs.market[:k], obs.position[:k])
+        if self.goals is not None:  # goal-conditioned: one agent only (HER with an ensemble is refused)
             o = self.goals.attach(o)
         dist, v = self.model(o)
         if self.values is not None:
-            self.values.append(v.reshape(()))
-        return dist.mean
+            self.values.append(v[0].reshape(()))
+        if k == 1:
+            return dist.mean
+        own = dist.member_means[torch.arange(k - 1), torch.arange(1, k)]  # member i on env 1 + i
+        return torch.cat([dist.mean[:1], own])
 
     def after_step(self, log_growth: torch.Tensor, done: torch.Tensor) -> None:
         if self.goals is not None:

@@ -31,6 +31,7 @@ from src.envs.augmented_env import AugmentedEnv
 from src.envs.market_env import MarketEnv, Obs
 from src.errors import ConfigError, NumericalFault
 from src.evaluation import EvalResult, ModelPolicy, evaluate_split
+from src.models.ensemble import Ensemble, EnsembleConfig
 from src.optim.schedules import lr_multiplier
 from src.rl.gae import compute_gae, discounted_returns
 from src.rl.grpo import GRPOConfig, group_advantages, grpo_loss
@@ -56,7 +57,14 @@ class _Joint(nn.Module):
 
     def __init__(self, model: nn.Module, icm: nn.Module) -> None:
         super().__init__()
-        self.encoder, self.policy, self.icm = model.encoder, model, icm
+        if hasattr(model, "encoder"):
+            self.encoder = model.encoder
+        self.policy, self.icm = model, icm
+
+    def muon_matrices(self) -> list[nn.Parameter]:
+        from src.optim.muon import hidden_matrices
+
+        return hidden_matrices(self.policy)[0]
 
 
 class PPOModule(L.LightningModule):
@@ -79,8 +87,15 @@ class PPOModule(L.LightningModule):
         if self.grpo and self.replay_cfg is not None:
             raise ConfigError("replay needs a critic (self-imitation compares returns with V); algo=grpo has none")
         her = self.replay_cfg is not None and self.replay_cfg.goal_conditioned
+        if her and self.cfg.get("ensemble") and int(self.cfg.ensemble.get("size", 1)) > 1:
+            raise ConfigError("replay=her with an ensemble is not supported: use one goal-conditioned model")
         goal = {"goal_dim": 2} if her else {}
-        self.model = build(self.cfg.model, num_features=market.num_features, window=market.window, **goal)
+        shape = {"num_features": market.num_features, "window": market.window, **goal}
+        self.ensemble: EnsembleConfig | None = build(self.cfg.ensemble) if self.cfg.get("ensemble") else None
+        if self.ensemble is not None and self.ensemble.size > 1:  # N members, one batched model
+            self.model = Ensemble([build(self.cfg.model, **shape) for _ in range(self.ensemble.size)], self.ensemble)
+        else:
+            self.model = build(self.cfg.model, **shape)
         self.icm: ICM | None = (
             build(self.cfg.curiosity, num_features=market.num_features, window=market.window)
             if self.cfg.get("curiosity")
@@ -231,10 +246,18 @@ class PPOModule(L.LightningModule):
                 dist, v = self.model(_take(obs, mb))
                 mb_adv = normalize_advantages(adv[mb]) if p.norm_adv else adv[mb]
                 pg, diag = policy_loss(dist.log_prob(actions[mb]), old_logp[mb], mb_adv, p.clip_coef)
-                vl = value_loss(v, old_v[mb], ret[mb], p.clip_coef if p.clip_vloss else None)
+                terms = {}
+                if isinstance(self.model, Ensemble):  # each member's critic on the returns; members pushed apart
+                    vl = torch.stack([value_loss(vi, old_v[mb], ret[mb], None) for vi in dist.member_values]).mean()
+                    div = dist.disagreement().mean()
+                    terms["ensemble/disagreement"] = div
+                    extra = -self.ensemble.diversity * div
+                else:
+                    vl = value_loss(v, old_v[mb], ret[mb], p.clip_coef if p.clip_vloss else None)
+                    extra = 0.0
                 ent = dist.entropy().mean()
-                loss = pg + p.vf_coef * vl - p.ent_coef * ent
-                terms = {"policy_loss": pg, "value_loss": vl, "entropy": ent, **diag}
+                loss = pg + p.vf_coef * vl - p.ent_coef * ent + extra
+                terms.update({"policy_loss": pg, "value_loss": vl, "entropy": ent, **diag})
                 loss = loss + self._aux_losses(obs, actions, next_obs, mb, terms)
                 replayed = self._sil_term(terms)
                 if replayed is not None:
@@ -492,6 +515,9 @@ class PPOModule(L.LightningModule):
         self._log_eval("test", self._evaluate("test"))  # evaluated once, after selection
 
     def _log_eval(self, prefix: str, res: dict[str, EvalResult]) -> None:
+        members = {n: r.metrics["sharpe"] for n, r in res.items() if n.startswith("member_")}
+        if members:  # each member alone beside the ensemble
+            self.log_dict({f"{prefix}/{n}_sharpe": float(v) for n, v in members.items()}, batch_size=1)
         m = res["agent"].metrics
         keys = ("total_return", "max_drawdown", "win_rate", "trades", "final_equity", "sortino", "turnover")
         self.log_dict({f"{prefix}/{k}": float(m[k]) for k in keys}, batch_size=1, prog_bar=False)

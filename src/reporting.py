@@ -137,6 +137,28 @@ def significance_table(v: dict) -> str:
     return "\n".join(lines)
 
 
+def member_section(results: dict[str, dict[str, EvalResult]]) -> list[str]:
+    """An ensemble's members, each acting alone, beside the ensemble (empty without members)."""
+    splits = list(results)
+    members = [n for n in results[splits[0]] if n.startswith("member_")]
+    if not members:
+        return []
+    head = "| policy | " + " | ".join(f"{s} Sharpe | {s} return" for s in splits) + " |"
+    lines = ["## Ensemble members", "", head, "|---|" + "---:|---:|" * len(splits)]
+    for n in ["agent", *members]:
+        cells = [
+            f"{results[s][n].metrics['sharpe']:.3f} | {100 * results[s][n].metrics['total_return']:.2f}%"
+            for s in splits
+        ]
+        lines.append(f"| {'ensemble' if n == 'agent' else n.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return [
+        *lines,
+        "",
+        "Each member acts alone on its own env, with the same costs; the ensemble acts with its aggregate.",
+        "",
+    ]
+
+
 def write_run_outputs(
     run_dir: Path,
     results: dict[str, dict[str, EvalResult]],
@@ -201,6 +223,7 @@ def write_run_outputs(
         table = f"{table}\n\n{verdict['sentence']}"
     for block in sections.values():
         lines += block
+    lines += member_section(results)
     lines += ["## Run", ""]
     lines += _bullets({k: v for k, v in info.items() if k not in sections})
     atomic_write(run_dir / "report.md", "\n".join(lines) + "\n")

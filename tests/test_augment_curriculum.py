@@ -1,5 +1,6 @@
 """Augmentation (training paths rebuilt from transformed bars, indicators recomputed) and curriculum:
-the maths against direct computations, the honesty guarantees, and both end to end through a kill."""
+the maths against direct computations, the honesty guarantees, and (with an ensemble) end to end
+through the CLI and through a kill and resume."""
 
 from __future__ import annotations
 
@@ -304,6 +305,7 @@ def test_adaptive_curriculum_follows_training_sharpe_and_survives_a_restore(mark
 
 
 def test_the_must_show_command_trains_and_logs_all_three(tmp_path):
+    """augmentation=all ensemble=three curriculum=adaptive, in a tiny form (Muon: each member's own matrices)."""
     from tests.test_exploration import _scalars
 
     run = tmp_path / "run"
@@ -313,10 +315,12 @@ def test_the_must_show_command_trains_and_logs_all_three(tmp_path):
         "src.train",
         *TINY,
         "augmentation=all",
+        "ensemble=three",
         "curriculum=adaptive",
         "curriculum.window=1",
         "curriculum.advance_at=-100",
         "curriculum.retreat_at=-200",
+        "optimizer=muon",
         f"hydra.run.dir={run}",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -330,18 +334,23 @@ def test_the_must_show_command_trains_and_logs_all_three(tmp_path):
         "curriculum/difficulty",
         "curriculum/episode_length",
         "curriculum/cost_multiplier",
+        "ensemble/disagreement",
+        "val/member_0_sharpe",
+        "val/member_2_sharpe",
     ):
         assert t in tags, t
     report = (run / "report.md").read_text()
     assert "## Curriculum" in report and "0.00 -> 0.10" in report
+    assert "## Ensemble members" in report and "| member 2 |" in report
 
 
-def test_augmentation_and_curriculum_survive_a_kill_and_resume(tmp_path):
+def test_augmentation_ensemble_and_curriculum_survive_a_kill_and_resume(tmp_path):
     over = [
         *TINY,
         "trainer.max_steps=24",
         "trainer.val_check_interval=2",
         "augmentation=all",
+        "ensemble=three",
         "curriculum=adaptive",
         "curriculum.window=1",
         "curriculum.advance_at=-100",

@@ -28,10 +28,25 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model), nn.Dropout(dropout))
 
+    vmap_attention = False  # an ensemble's template sets it: attention in plain matmuls, which vmap batches
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
+        x = x + (self._attention(h) if self.vmap_attention else self.attn(h, h, h, need_weights=False)[0])
         return x + self.mlp(self.ln2(x))
+
+    def _attention(self, h: torch.Tensor) -> torch.Tensor:
+        """What ``self.attn`` computes, with its own weights, written out (no fused kernel)."""
+        a = self.attn
+        b, w, d = h.shape
+        nh = a.num_heads
+        q, k, v = (
+            x.reshape(b, w, nh, d // nh).transpose(1, 2)
+            for x in F.linear(h, a.in_proj_weight, a.in_proj_bias).chunk(3, -1)
+        )
+        att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // nh), dim=-1)
+        att = F.dropout(att, a.dropout, self.training)
+        return a.out_proj((att @ v).transpose(1, 2).reshape(b, w, d))
 
 
 class TransformerEncoder(nn.Module):
@@ -106,21 +121,28 @@ class ActorCritic(nn.Module):
             nn.init.orthogonal_(head[-1].weight, gain)
             nn.init.zeros_(head[-1].bias)
 
-    def _summary(self, obs: Obs) -> torch.Tensor:
-        parts = [self.encoder(obs.market), obs.position]
+    def _summary(self, market: torch.Tensor, position: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        parts = [self.encoder(market), position]
         if self.goal_dim:
-            if obs.goal is None:
+            if goal is None:
                 raise ValueError("this policy is goal-conditioned (replay=her) but the observation has no goal")
-            parts.append(obs.goal)
+            parts.append(goal)
         return torch.cat(parts, dim=-1)
 
-    def forward(self, obs: Obs) -> tuple[ScaledBeta, torch.Tensor]:
-        z = self._summary(obs)
+    def heads(
+        self, market: torch.Tensor, position: torch.Tensor, goal: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 2) Beta concentrations and (B,) values from plain tensors (an ensemble vmaps this)."""
+        z = self._summary(market, position, goal)
         ab = 1.0 + F.softplus(self.actor(z).float() + math.log(math.e - 1))  # alpha = beta = 2 at init
-        return ScaledBeta(ab[:, 0], ab[:, 1]), self.critic(z).squeeze(-1).float()
+        return ab, self.critic(z).squeeze(-1).float()
+
+    def forward(self, obs: Obs) -> tuple[ScaledBeta, torch.Tensor]:
+        ab, v = self.heads(obs.market, obs.position, obs.goal)
+        return ScaledBeta(ab[:, 0], ab[:, 1]), v
 
     def value(self, obs: Obs) -> torch.Tensor:
-        return self.critic(self._summary(obs)).squeeze(-1).float()
+        return self.critic(self._summary(obs.market, obs.position, obs.goal)).squeeze(-1).float()
 
     def act(self, obs: Obs, deterministic: bool = False) -> torch.Tensor:
         dist, _ = self(obs)
