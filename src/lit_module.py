@@ -102,6 +102,7 @@ class PPOModule(L.LightningModule):
             else None
         )
         self.augmenter: Augmenter | None = build(self.cfg.augmentation) if self.cfg.get("augmentation") else None
+        self.switched_augmentation: dict | None = None  # set when a target run switched augmentation on
         self.replay: ReplayBuffer | None = None
         self.goals: GoalTracker | None = None
         self._saved_extra: dict | None = None
@@ -136,14 +137,7 @@ class PPOModule(L.LightningModule):
         if stage == "fit" and self.env is None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(int(self.cfg.seed) * 1000 + self.global_rank)
-            grouped = {"episode_length": self.ppo.horizon, "group_size": self.ppo.group_size} if self.grpo else {}
-            if self.augmenter is not None:  # training episodes on their own augmented paths
-                steps = self.ppo.horizon if self.grpo else self.ppo.rollout_steps
-                self.env = AugmentedEnv(self.market, self.ppo.num_envs, self.augmenter, gen, min_path=steps, **grouped)
-            else:
-                self.env = MarketEnv(
-                    self.market, "train", self.ppo.num_envs, random_start=True, generator=gen, **grouped
-                )
+            self.env = self._train_env(gen)
             self.obs = self.env.reset()
             rc = self.replay_cfg
             if rc is not None:
@@ -159,6 +153,30 @@ class PPOModule(L.LightningModule):
             if self._saved_extra is not None:
                 self._restore_extra(self._saved_extra)
             self.buf = Rollout.allocate(self.ppo.rollout_steps, self.env, goal_conditioned=self.goals is not None)
+
+    def _train_env(self, gen: torch.Generator) -> MarketEnv:
+        grouped = {"episode_length": self.ppo.horizon, "group_size": self.ppo.group_size} if self.grpo else {}
+        if self.augmenter is not None:  # training episodes on their own augmented paths
+            steps = self.ppo.horizon if self.grpo else self.ppo.rollout_steps
+            return AugmentedEnv(self.market, self.ppo.num_envs, self.augmenter, gen, min_path=steps, **grouped)
+        return MarketEnv(self.market, "train", self.ppo.num_envs, random_start=True, generator=gen, **grouped)
+
+    def switch_on_augmentation(self, node: dict) -> bool:
+        """Start augmenting training episodes now (the profitability target's 4th adjustment).
+
+        The episodes in progress end here; the next ones walk augmented paths. The augmentation's config
+        is saved in checkpoints, so a resumed run rebuilds the same env before restoring its state.
+        Returns False (and changes nothing) when augmentation is already on or the policy is goal-conditioned.
+        """
+        if self.augmenter is not None or self.goals is not None:
+            return False
+        self.augmenter = build(OmegaConf.create(node))
+        self.switched_augmentation = dict(node)
+        self.env = self._train_env(self.env.gen)
+        self.obs = self.env.reset()
+        if self._ep_acc is not None:
+            self._ep_acc.zero_()
+        return True
 
     def configure_optimizers(self):
         opt = build(self.cfg.optimizer)(self.model if self.icm is None else _Joint(self.model, self.icm))
@@ -547,6 +565,8 @@ class PPOModule(L.LightningModule):
             checkpoint["tradelab"]["replay"] = self.replay.state_dict()
         if self.goals is not None:
             checkpoint["tradelab"]["goals"] = {**self.goals.state_dict(), "generator": self.goals.gen.get_state()}
+        if self.switched_augmentation is not None:
+            checkpoint["tradelab"]["switched_augmentation"] = self.switched_augmentation
         if self.env is not None:
             checkpoint["tradelab"]["env"] = self.env.state_dict()
 
@@ -566,8 +586,15 @@ class PPOModule(L.LightningModule):
         self._saved_rng = state.get("rng")
         self._saved_env = state.get("env")
         self.iterations = int(state.get("iterations", 0))
+        switched = state.get("switched_augmentation")
+        if switched is not None and self.augmenter is None:  # the target run had switched it on: same env again
+            self.augmenter = build(OmegaConf.create(switched))
+            self.switched_augmentation = dict(switched)
+            if self.env is not None:
+                self.env = self._train_env(self.env.gen)
         self._saved_extra = {k: state[k] for k in ("replay", "goals") if k in state}
-        if self.env is not None and self._saved_env is not None:
+        fitting = self._trainer is None or self.trainer.state.fn == "fit"  # test() loads weights, not episodes
+        if self.env is not None and self._saved_env is not None and fitting:
             self._restore_env(self._saved_env)
         if self.env is not None:
             self._restore_extra(self._saved_extra)

@@ -9,8 +9,11 @@ order (the k-th adjustment):
 - learning rate ×0.5 (odd k) or ×1.5 (even k), applied to the live optimizer and its schedule;
 - entropy coefficient ×1.2 (more exploration);
 - from k = 3 (after the second): PPO clip +0.05 (at most 0.4) and one more update epoch (at most 10);
-- from k = 4 (after the third): curriculum and augmentation, once those exist (issue 7); until then the
-  adjustment records that they are not available rather than pretending.
+- at k = 4 (after the third): curriculum and augmentation switched on in the live run, from the
+  ``augmentation`` and ``curriculum`` configs given (``conf/target/profitable.yaml`` composes
+  ``augmentation=all`` and ``curriculum=adaptive``). One that is already on is left as it is; the
+  curriculum is run by this callback (its state is saved in this callback's state), the augmented
+  env by the module (its config is saved in the module's checkpoint, so a resume rebuilds it).
 
 Every adjustment is printed, logged (``target/*``), saved in checkpoints (and re-applied on resume)
 and listed in the run's report. The validation period is used for every decision; the test period is
@@ -27,6 +30,15 @@ from lightning.pytorch.callbacks import Callback
 from src.curve_fit import stalled
 
 
+def _plain(node) -> dict | None:
+    """A config node as a plain dict (Hydra passes DictConfig; tests pass dicts)."""
+    if node is None:
+        return None
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
 class ProfitTarget(Callback):
     """See the module docstring."""
 
@@ -41,6 +53,8 @@ class ProfitTarget(Callback):
         max_adjustments: int = 4,
         min_delta: float = 0.0,
         dirpath: str | None = None,
+        augmentation=None,
+        curriculum=None,
     ) -> None:
         if patience < 1 or max_adjustments < 0:
             raise ValueError(
@@ -54,6 +68,10 @@ class ProfitTarget(Callback):
         self.adjustments: list[dict] = []
         self.reached: dict | None = None
         self.checkpoint: str | None = None
+        self.augmentation = _plain(augmentation)
+        self.curriculum_cfg = _plain(curriculum)
+        self.curriculum = None  # the live curriculum once switched on
+        self._curriculum_state: dict | None = None
 
     def met(self, m: dict) -> bool:
         t = self.targets
@@ -68,6 +86,25 @@ class ProfitTarget(Callback):
             last = self.adjustments[-1]
             pl_module.ppo.ent_coef, pl_module.ppo.clip_coef = last["ent_coef"], last["clip_coef"]
             pl_module.ppo.update_epochs = last["update_epochs"]
+        if self._curriculum_state is not None:  # resumed after the curriculum was switched on
+            self.curriculum = self._build_curriculum()
+            self.curriculum.load_state_dict(self._curriculum_state)
+            self.curriculum.on_train_start(trainer, pl_module)
+
+    def _build_curriculum(self):
+        from omegaconf import OmegaConf
+
+        from src.utils import build
+
+        return build(OmegaConf.create(self.curriculum_cfg))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.curriculum is not None:
+            self.curriculum.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.curriculum is not None:
+            self.curriculum.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit" or self.reached is not None:
@@ -113,8 +150,8 @@ class ProfitTarget(Callback):
             p.clip_coef = min(p.clip_coef + 0.05, 0.4)
             p.update_epochs = min(p.update_epochs + 1, 10)
             changes.append("clip +0.05, update_epochs +1")
-        if k >= 4:
-            changes.append("curriculum and augmentation: not available yet (issue 7), unchanged")
+        if k == 4:
+            changes += self._switch_on(trainer, pl_module)
         a = {
             "adjustment": k,
             "step": trainer.global_step,
@@ -175,10 +212,37 @@ class ProfitTarget(Callback):
                 for a in self.adjustments
             ]
             lines.append("")
+        if self.curriculum is not None:  # switched on by the 4th adjustment
+            lines += self.curriculum.report_section()
         return lines
+
+    def _switch_on(self, trainer, pl_module) -> list[str]:
+        """Augmentation first (it replaces the training env), then the curriculum, which shapes that env."""
+        from src.curriculum import Curriculum
+
+        out = []
+        if not self.curriculum_cfg:
+            cur = "curriculum: none configured"
+        elif any(isinstance(c, Curriculum) for c in trainer.callbacks):
+            cur = "curriculum: already on"
+        else:
+            cur = None
+        if not self.augmentation:
+            out.append("augmentation: none configured")
+        elif pl_module.switch_on_augmentation(self.augmentation):
+            names = ", ".join(self.augmentation.get("transforms", {}))
+            out.append(f"augmentation on ({names})")
+        else:
+            out.append("augmentation: already on (or replay=her), unchanged")
+        if cur is None:
+            self.curriculum = self._build_curriculum()
+            self.curriculum.on_train_start(trainer, pl_module)
+            cur = f"curriculum {self.curriculum.kind} on"
+        return [cur, *out]
 
     def state_dict(self) -> dict:
         return {
+            "curriculum": None if self.curriculum is None else self.curriculum.state_dict(),
             "sharpes": self.sharpes,
             "since_adjust": self.since_adjust,
             "adjustments": self.adjustments,
@@ -189,3 +253,4 @@ class ProfitTarget(Callback):
     def load_state_dict(self, state: dict) -> None:
         self.sharpes, self.since_adjust = state["sharpes"], state["since_adjust"]
         self.adjustments, self.reached, self.checkpoint = state["adjustments"], state["reached"], state["checkpoint"]
+        self._curriculum_state = state.get("curriculum")

@@ -75,7 +75,8 @@ def test_adjusts_when_stuck_in_the_stated_order_and_at_most_max_adjustments(tmp_
     assert p.ent_coef == pytest.approx(ent0 * 1.2**3)
     for _ in range(3):
         _validate(cb, trainer, module, 0.1)
-    assert len(cb.adjustments) == 4 and "not available yet" in cb.adjustments[3]["changes"]
+    assert len(cb.adjustments) == 4  # no augmentation or curriculum configured here: said, not pretended
+    assert "curriculum: none configured; augmentation: none configured" in cb.adjustments[3]["changes"]
     for _ in range(10):
         _validate(cb, trainer, module, 0.1)
     assert len(cb.adjustments) == 4  # max_adjustments
@@ -109,11 +110,11 @@ STUCK = [  # an unreachable target, a frozen policy (lr ~ 0) and patience 1: adj
     "lr_scale=1e-6",
     "callbacks.profit_target.min_delta=0.01",
     "callbacks=sweep",
-    "trainer.max_steps=40",
+    "trainer.max_steps=54",
     "trainer.val_check_interval=1",
     "callbacks.profit_target.sharpe=100",
     "callbacks.profit_target.patience=1",
-    "callbacks.profit_target.max_adjustments=3",
+    "callbacks.profit_target.max_adjustments=4",
     "callbacks.curve_fit_stop.min_points=4",
     "callbacks.curve_fit_stop.threshold=-100",
 ]
@@ -129,27 +130,39 @@ def test_adjustments_reach_the_report_and_survive_a_kill(tmp_path):
     _train(full)
     info = json.loads((full / "run_info.json").read_text())
     adj = info["profit_target"]["adjustments"]
-    assert len(adj) == 3 and info["profit_target"]["reached"] is None
-    # the live optimizer's lr (constant schedule, base 3e-4 x lr_scale 1e-6): x0.5, then x1.5, then x0.5
+    assert len(adj) == 4 and info["profit_target"]["reached"] is None
+    # the live optimizer's lr (constant schedule, base 3e-4 x lr_scale 1e-6): x0.5, x1.5, x0.5, x1.5
     base = 3e-4 * 1e-6
-    assert [a["lr"] for a in adj] == pytest.approx([0.5 * base, 0.75 * base, 0.375 * base])
-    assert [a["ent_coef"] for a in adj] == pytest.approx([0.001 * 1.2**k for k in (1, 2, 3)])
+    assert [a["lr"] for a in adj] == pytest.approx([0.5 * base, 0.75 * base, 0.375 * base, 0.5625 * base])
+    assert [a["ent_coef"] for a in adj] == pytest.approx([0.001 * 1.2**k for k in (1, 2, 3, 4)])
     assert adj[2]["update_epochs"] == 3 and adj[2]["clip_coef"] == pytest.approx(0.25)  # TINY: 2 epochs, clip .2
+    # the 4th switches on the curriculum and augmentation that conf/target/profitable.yaml composes
+    assert "curriculum adaptive on" in adj[3]["changes"] and "augmentation on (jitter, " in adj[3]["changes"]
     assert info["curve_fit_stop"]["checks"] >= 1 and info["curve_fit_stop"]["stopped"] is None
+    last = load_checkpoint(full / "checkpoints" / "last.ckpt")["tradelab"]
+    assert "augmented" in last["env"] and last["switched_augmentation"]["transforms"]["mixup"]["p"] == 0.25
     report = (full / "report.md").read_text()
     assert "## Verdict" in report and "## Profitability target" in report and "Not met within the step budget" in report
-    assert "Adjustments made: 3 of at most 3." in report
-    rows = [r for r in report.splitlines() if r.startswith(("| 1 |", "| 2 |", "| 3 |"))]
-    assert len(rows) == 3 and "lr x0.5; ent_coef x1.2" in rows[0] and "clip +0.05, update_epochs +1" in rows[2]
+    assert "Adjustments made: 4 of at most 4." in report and "## Curriculum" in report
+    rows = [r for r in report.splitlines() if r.startswith(("| 1 |", "| 2 |", "| 3 |", "| 4 |"))]
+    assert len(rows) == 4 and "lr x0.5; ent_coef x1.2" in rows[0] and "clip +0.05, update_epochs +1" in rows[2]
     assert "## Curve-fit early stopping" in report and "Not stopped." in report
 
+    # killed after the 4th adjustment: the resumed run rebuilds the augmented env and the live curriculum
+    # TINY: 4 gradient steps per iteration, 6 after the 3rd adjustment's extra epoch: the 4th is at iteration 8
+    assert [a["step"] for a in adj] == [8, 16, 24, 36]
+    iteration = 9
     cut = tmp_path / "cut"
     with pytest.raises(Killed):
         _train(
-            cut, "+callbacks.brk._target_=tests.helpers.BreakAt", "+callbacks.brk.at=7", "+callbacks.brk.signal=KILL"
+            cut,
+            "+callbacks.brk._target_=tests.helpers.BreakAt",
+            f"+callbacks.brk.at={iteration}",
+            "+callbacks.brk.signal=KILL",
         )
     saved = load_checkpoint(cut / "checkpoints" / "last.ckpt")
     assert any("ProfitTarget" in k for k in saved["callbacks"])  # the callback's state is in the checkpoint
+    assert "switched_augmentation" in saved["tradelab"]
     _train(cut, resume=True)
     assert (cut / "metrics.json").read_text() == (full / "metrics.json").read_text()
     assert (cut / "val_history.csv").read_text() == (full / "val_history.csv").read_text()
