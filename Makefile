@@ -5,7 +5,7 @@ STAMP := .make/installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format tensorboard clean compare-optimizers compare-exploration
+.PHONY: compare-augment help install train test test-fast lint format tensorboard clean compare-optimizers compare-exploration
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,16 +59,17 @@ compare-optimizers: $(STAMP)  ## every optimizer x 3 seeds on tsla and synthetic
 EXPLORE_DIR ?= outputs/multirun/exploration_replay_$(COMPARE_NOW)
 EXPLORE_VARIANTS ?= curiosity=none curiosity=icm replay=uniform replay=prioritized replay=her algo=grpo
 compare-exploration: $(STAMP)  ## PPO vs curiosity, each replay and GRPO, 3 seeds on tsla and synthetic, same env-step budget; writes experiments/exploration_replay/results.md
-	@mkdir -p $(EXPLORE_DIR)
-	@set -e; pids=""; for env in tsla synthetic; do \
-		( for v in $(EXPLORE_VARIANTS); do \
-			d=$$(echo $$v | tr = -); \
-			echo "sweep env=$$env $$v -> $(EXPLORE_DIR)/$$env/$$d"; \
-			$(PYTHON) -m src.train -m $$v seed=0,1,2 env=$$env \
-				threads=$(COMPARE_THREADS) trainer.max_steps=$(COMPARE_STEPS) trainer.enable_progress_bar=false \
-				hydra.sweep.dir=$(EXPLORE_DIR)/$$env/$$d >> $(EXPLORE_DIR)/$$env.log 2>&1 || exit 1; \
-		done ) & pids="$$pids $$!"; \
-	done; for p in $$pids; do wait $$p; done
+	bash experiments/run_variants.sh $(PYTHON) $(EXPLORE_DIR) $(COMPARE_STEPS) $(COMPARE_THREADS) $(EXPLORE_VARIANTS)
 	$(PYTHON) experiments/compare.py $(EXPLORE_DIR) --out experiments/exploration_replay --label variant \
 		--title "Exploration, replay and GRPO against plain PPO" \
 		--command "make compare-exploration COMPARE_STEPS=$(COMPARE_STEPS) COMPARE_THREADS=$(COMPARE_THREADS)"
+
+AUGMENT_DIR ?= outputs/multirun/augment_ensemble_curriculum_$(COMPARE_NOW)
+AUGMENT_VARIANTS ?= augmentation=none augmentation=jitter augmentation=magnitude_warp augmentation=time_warp \
+	augmentation=window_slice augmentation=mixup augmentation=cutmix augmentation=all ensemble=three ensemble=five \
+	curriculum=linear curriculum=adaptive
+compare-augment: $(STAMP)  ## baseline vs each augmentation, ensembles of 3 and 5, each curriculum; 3 seeds on tsla and synthetic; writes experiments/augment_ensemble_curriculum/results.md
+	bash experiments/run_variants.sh $(PYTHON) $(AUGMENT_DIR) $(COMPARE_STEPS) $(COMPARE_THREADS) $(AUGMENT_VARIANTS)
+	$(PYTHON) experiments/compare.py $(AUGMENT_DIR) --out experiments/augment_ensemble_curriculum --label variant \
+		--title "Augmentation, ensembles and curricula against plain PPO" \
+		--command "make compare-augment COMPARE_STEPS=$(COMPARE_STEPS) COMPARE_THREADS=$(COMPARE_THREADS)"

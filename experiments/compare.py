@@ -27,13 +27,22 @@ def optimizer_label(cfg: dict) -> str:
 
 
 def variant_label(cfg: dict) -> str:
-    """``ppo``, ``ppo+icm``, ``ppo+prioritized``, ``grpo``, ..."""
+    """``ppo``, ``ppo+icm``, ``ppo+prioritized``, ``grpo``, ``ppo+aug:mixup``, ``ppo+ensemble3``,
+    ``ppo+curriculum:linear``: one label per variant, naming what the config switches on."""
     algo = "grpo" if "GRPO" in cfg["algo"]["_target_"] else "ppo"
     parts = [algo]
     if cfg.get("curiosity"):
         parts.append("icm")
     if cfg.get("replay"):
         parts.append(cfg["replay"]["kind"])
+    transforms = [k for k, t in ((cfg.get("augmentation") or {}).get("transforms") or {}).items() if t and t["p"] > 0]
+    if transforms:
+        parts.append("aug:" + ("all" if len(transforms) == 6 else ",".join(transforms)))
+    size = int((cfg.get("ensemble") or {}).get("size", 1))
+    if size > 1:
+        parts.append(f"ensemble{size}")
+    if cfg.get("curriculum"):
+        parts.append(f"curriculum:{cfg['curriculum']['kind']}")
     return "+".join(parts)
 
 
