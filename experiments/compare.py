@@ -62,6 +62,7 @@ def load_runs(sweep: Path, label=optimizer_label) -> pd.DataFrame:
                 "label": label(cfg),
                 "seed": cfg["seed"],
                 "val_sharpe": m["val"]["agent"]["sharpe"],
+                "val_return": m["val"]["agent"]["total_return"],
                 "test_sharpe": m["test"]["agent"]["sharpe"],
                 "test_return": m["test"]["agent"]["total_return"],
                 "test_mdd": m["test"]["agent"]["max_drawdown"],
@@ -82,19 +83,49 @@ def _ms(x: pd.Series, fmt: str) -> str:
 
 
 def table(df: pd.DataFrame, name: str) -> str:
-    head = f"| env | {name} | seeds | val Sharpe | test Sharpe | test return | test max DD | wall s | env-steps/s |"
+    head = (
+        f"| env | {name} | seeds | val Sharpe | val return | test Sharpe | test return | test max DD | wall s | "
+        "env-steps/s |"
+    )
     lines = [
         head,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (env, opt), g in df.groupby(["env", "label"], sort=True):
         lines.append(
-            f"| {env} | {opt} | {len(g)} | {_ms(g.val_sharpe, '{:.3f}')} | {_ms(g.test_sharpe, '{:.3f}')} | "
-            f"{_ms(g.test_return, '{:+.2%}')} | {_ms(g.test_mdd, '{:.2%}')} | {_ms(g.wall_s, '{:.0f}')} | "
-            f"{_ms(g.sps, '{:.0f}')} |"
+            f"| {env} | {opt} | {len(g)} | {_ms(g.val_sharpe, '{:.3f}')} | {_ms(g.val_return, '{:+.2%}')} | "
+            f"{_ms(g.test_sharpe, '{:.3f}')} | {_ms(g.test_return, '{:+.2%}')} | {_ms(g.test_mdd, '{:.2%}')} | "
+            f"{_ms(g.wall_s, '{:.0f}')} | {_ms(g.sps, '{:.0f}')} |"
         )
     bh = df.groupby("env").bh_test_sharpe.first()
     lines += ["", "Buy-and-hold test Sharpe: " + ", ".join(f"{e} {v:.3f}" for e, v in bh.items())]
+    return "\n".join(lines)
+
+
+def versus(df: pd.DataFrame, baseline: str) -> str:
+    """Each label minus the baseline, per env: differences of seed means, with Welch's t-test p-value.
+
+    With 3 seeds a test has little power: p >= 0.05 means "no measurable difference", not "no effect".
+    """
+    from scipy.stats import ttest_ind
+
+    lines = [
+        f"Difference from `{baseline}` (mean over seeds; Welch's t-test p-value in brackets):",
+        "",
+        "| env | variant | Δ val Sharpe | Δ test Sharpe | Δ env-steps/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for env, e in df.groupby("env", sort=True):
+        base = e[e.label == baseline]
+        if base.empty:
+            continue
+        for lab, g in e[e.label != baseline].groupby("label", sort=True):
+            cells = []
+            for col in ("val_sharpe", "test_sharpe"):
+                p = ttest_ind(g[col], base[col], equal_var=False).pvalue if min(len(g), len(base)) > 1 else float("nan")
+                cells.append(f"{g[col].mean() - base[col].mean():+.3f} (p={p:.2f})")
+            cells.append(f"{g.sps.mean() / base.sps.mean() - 1:+.0%}")
+            lines.append(f"| {env} | {lab} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -129,11 +160,14 @@ def main() -> None:
     ap.add_argument("--label", choices=sorted(LABELS), default="optimizer")
     ap.add_argument("--title", default="Optimizer comparison")
     ap.add_argument("--command", required=True, help="the command that produced the runs (written to the table)")
+    ap.add_argument("--baseline", help="a label to compare every other one against (e.g. ppo)")
     args = ap.parse_args()
     df = load_runs(args.sweep, LABELS[args.label])
+    args.out.mkdir(parents=True, exist_ok=True)
     curves(df, args.out / "learning_curves.png")
+    diff = f"{versus(df, args.baseline)}\n\n" if args.baseline else ""
     text = (
-        f"# {args.title}\n\nCommand:\n\n```bash\n{args.command}\n```\n\n{table(df, args.label)}\n\n"
+        f"# {args.title}\n\nCommand:\n\n```bash\n{args.command}\n```\n\n{table(df, args.label)}\n\n{diff}"
         f"![validation Sharpe vs env steps](learning_curves.png)\n"
     )
     (args.out / "results.md").write_text(text)
