@@ -33,6 +33,8 @@ from the env's generator, so a resumed run augments exactly as the uninterrupted
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
 PARTS = ("gap", "body", "up", "down", "logvol")
@@ -94,7 +96,7 @@ def _resample(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))
 
 
-class Transform:
+class Transform(ABC):
     """One augmentation; ``apply`` transforms every episode, :class:`Augmenter` keeps it with probability p."""
 
     name = "transform"
@@ -104,8 +106,9 @@ class Transform:
             raise ValueError(f"augmentation {self.name}: p must be in [0, 1], got {p}")
         self.p = float(p)
 
+    @abstractmethod
     def apply(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+        """(B, S, 5) parts -> transformed parts and per-episode (B,) parameters of what was applied."""
 
 
 class Jitter(Transform):

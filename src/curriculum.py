@@ -139,7 +139,8 @@ class Curriculum(Callback):
         r = getattr(pl_module, "last_train_returns", None)
         if r is not None:
             r = r.double()
-            self.recent.append((float(r.sum()), float((r * r).sum()), r.numel()))
+            total, squares = torch.stack([r.sum(), (r * r).sum()]).tolist()  # one host sync per rollout
+            self.recent.append((total, squares, r.numel()))
         sharpe = pooled_sharpe(list(self.recent), pl_module.market.bars_per_year)
         self.since_change += 1
         if self.kind == "adaptive" and len(self.recent) == self.window and self.since_change >= self.window:

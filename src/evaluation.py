@@ -102,10 +102,8 @@ class ModelPolicy:
         self.names = ["agent", *(f"member_{i}" for i in range(n))]
 
     def __call__(self, obs: Obs) -> torch.Tensor:
-        k = len(self.names)
-        o = Obs(obs.market[:k], obs.position[:k])
-        if self.goals is not None:  # goal-conditioned: one agent only (HER with an ensemble is refused)
-            o = self.goals.attach(o)
+        k = len(self.names)  # run_policies passes the first k envs: one per name
+        o = obs if self.goals is None else self.goals.attach(obs)  # goals: one agent only (no HER ensembles)
         dist, v = self.model(o)
         if self.values is not None:
             self.values.append(v[0].reshape(()))

@@ -220,7 +220,6 @@ class ProfitTarget(Callback):
         """Augmentation first (it replaces the training env), then the curriculum, which shapes that env."""
         from src.curriculum import Curriculum
 
-        out = []
         if not self.curriculum_cfg:
             cur = "curriculum: none configured"
         elif any(isinstance(c, Curriculum) for c in trainer.callbacks):
@@ -228,17 +227,16 @@ class ProfitTarget(Callback):
         else:
             cur = None
         if not self.augmentation:
-            out.append("augmentation: none configured")
+            aug = "augmentation: none configured"
         elif pl_module.switch_on_augmentation(self.augmentation):
-            names = ", ".join(self.augmentation.get("transforms", {}))
-            out.append(f"augmentation on ({names})")
+            aug = f"augmentation on ({', '.join(self.augmentation.get('transforms', {}))})"
         else:
-            out.append("augmentation: already on (or replay=her), unchanged")
+            aug = "augmentation: already on (or replay=her), unchanged"
         if cur is None:
             self.curriculum = self._build_curriculum()
             self.curriculum.on_train_start(trainer, pl_module)
             cur = f"curriculum {self.curriculum.kind} on"
-        return [cur, *out]
+        return [cur, aug]
 
     def state_dict(self) -> dict:
         return {

@@ -304,6 +304,17 @@ def test_adaptive_curriculum_follows_training_sharpe_and_survives_a_restore(mark
 # ---- end to end ----
 
 
+# augmentation, an ensemble and a curriculum that advances at every rollout (so a change is seen in a tiny run)
+ALL_THREE = [
+    "augmentation=all",
+    "ensemble=three",
+    "curriculum=adaptive",
+    "curriculum.window=1",
+    "curriculum.advance_at=-100",
+    "curriculum.retreat_at=-200",
+]
+
+
 def test_the_must_show_command_trains_and_logs_all_three(tmp_path):
     """augmentation=all ensemble=three curriculum=adaptive, in a tiny form (Muon: each member's own matrices)."""
     from tests.test_exploration import _scalars
@@ -314,12 +325,7 @@ def test_the_must_show_command_trains_and_logs_all_three(tmp_path):
         "-m",
         "src.train",
         *TINY,
-        "augmentation=all",
-        "ensemble=three",
-        "curriculum=adaptive",
-        "curriculum.window=1",
-        "curriculum.advance_at=-100",
-        "curriculum.retreat_at=-200",
+        *ALL_THREE,
         "optimizer=muon",
         f"hydra.run.dir={run}",
     ]
@@ -349,12 +355,7 @@ def test_augmentation_ensemble_and_curriculum_survive_a_kill_and_resume(tmp_path
         *TINY,
         "trainer.max_steps=24",
         "trainer.val_check_interval=2",
-        "augmentation=all",
-        "ensemble=three",
-        "curriculum=adaptive",
-        "curriculum.window=1",
-        "curriculum.advance_at=-100",
-        "curriculum.retreat_at=-200",
+        *ALL_THREE,
     ]
     full, cut, ckpt = run_killed_and_resumed(tmp_path, over)
     assert "augmented" in ckpt["tradelab"]["env"]  # the paths themselves travel with the checkpoint
