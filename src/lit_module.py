@@ -269,12 +269,12 @@ class PPOModule(L.LightningModule):
                     vl = torch.stack([value_loss(vi, old_v[mb], ret[mb], None) for vi in dist.member_values]).mean()
                     div = dist.disagreement().mean()
                     terms["ensemble/disagreement"] = div
-                    extra = -self.ensemble.diversity * div
+                    diversity_term = -self.ensemble.diversity * div
                 else:
                     vl = value_loss(v, old_v[mb], ret[mb], p.clip_coef if p.clip_vloss else None)
-                    extra = 0.0
+                    diversity_term = 0.0
                 ent = dist.entropy().mean()
-                loss = pg + p.vf_coef * vl - p.ent_coef * ent + extra
+                loss = pg + p.vf_coef * vl - p.ent_coef * ent + diversity_term
                 terms.update({"policy_loss": pg, "value_loss": vl, "entropy": ent, **diag})
                 loss = loss + self._aux_losses(obs, actions, next_obs, mb, terms)
                 replayed = self._sil_term(terms)
@@ -287,9 +287,15 @@ class PPOModule(L.LightningModule):
                     self.replay.update_priorities(replayed[1], replayed[2])
                 for k, val in terms.items():
                     acc.setdefault(k, []).append(val.detach())
-            if p.target_kl is not None and float(diag["approx_kl"]) > p.target_kl:
+            if p.target_kl is not None and float(self._across_ranks(diag["approx_kl"])) > p.target_kl:
                 break  # CleanRL: stop the epochs once the policy moved too far
         return {k: torch.stack(v).mean() for k, v in acc.items()}
+
+    def _across_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of ``x`` over DDP ranks (``x`` itself on one process): decisions every rank must share."""
+        if self.trainer.world_size == 1:
+            return x
+        return self.trainer.strategy.reduce(x.detach().clone(), reduce_op="mean")
 
     def _trained_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters()) + ([] if self.icm is None else list(self.icm.parameters()))
@@ -459,7 +465,8 @@ class PPOModule(L.LightningModule):
         if done_eq is not None:
             logs["train/episode_return"] = (done_eq - 1).mean()
             logs["train/episode_final_equity"] = done_eq.mean()
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
+        # under DDP each rank trained on its own episodes: logged figures are means over ranks
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1, sync_dist=self.trainer.world_size > 1)
         self.log("sps", logs["charts/sps"], prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
         tb = self._tb()
         if tb is not None and self.trainer.fit_loop.epoch_loop._batches_that_stepped % 10 == 0:
@@ -614,8 +621,6 @@ class PPOModule(L.LightningModule):
 
     def _restore_env(self, saved: dict) -> None:
         e = self.env
-        if saved["t"].shape != e.t.shape:
-            raise ConfigError(f"the checkpoint has {saved['t'].numel()} envs, algo.num_envs is {e.n}")
         try:
             e.load_state_dict(saved)
         except (KeyError, ValueError) as err:

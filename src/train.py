@@ -26,6 +26,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks import GracefulInterrupt, Interrupted
@@ -40,6 +41,11 @@ from src.verdict import verdict
 
 def _run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _rank_zero() -> bool:
+    """True except in the other processes of a DDP run (``trainer=ddp``), which write nothing of the run's own."""
+    return rank_zero_only.rank == 0
 
 
 def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
@@ -95,7 +101,7 @@ def train(cfg: DictConfig) -> float:
     try:
         return _train(cfg, run_dir, resume)
     except TradelabError as e:
-        if (run_dir / "metrics.json").exists():
+        if not _rank_zero() or (run_dir / "metrics.json").exists():
             raise
         if resume or any((run_dir / "checkpoints").glob("*.ckpt")):  # keep the checkpoints, mark the failure
             atomic_write(run_dir / "FAILED", f"{e}\n")
@@ -180,9 +186,11 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
         info["command"] = first["command"]
         info["resumed"] = [*first.get("resumed", []), {"command": command_line(), "git_revision": git_revision()}]
     module.hparams["run_info"] = info  # saved inside every checkpoint
-    if not resume:
+    zero = _rank_zero()
+    if not resume and zero:
         atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
-    atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
+    if zero:
+        atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
 
     logger = build(cfg.logger) if cfg.get("logger") else False
     callbacks = _callbacks(cfg, run_dir)
@@ -194,7 +202,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     )
     if resume and not last.is_file():
         raise ConfigError(f"resume: no {last} to continue from (the run stopped before its first checkpoint)")
-    if logger:
+    if logger and zero:
         logger.log_hyperparams(
             {
                 "seed": cfg.seed,
@@ -209,8 +217,9 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     except Interrupted as e:
         print(f"\n{e}\ncontinue with: python -m src.train resume={run_dir}\n", flush=True)
         raise SystemExit(128 + int(signal.Signals[e.signal_name])) from None
-    # before test() loads the best checkpoint (and with it that checkpoint's counters)
-    env_steps, grad_steps, faults = module.env_steps, trainer.global_step, module.faults["total"]
+    # before test() loads the best checkpoint (and with it that checkpoint's counters); env steps over all ranks
+    env_steps = module.env_steps * trainer.world_size
+    grad_steps, faults = trainer.global_step, module.faults["total"]
 
     reporting = [cb for cb in callbacks if hasattr(cb, "report_key")]
     reports = json_safe({cb.report_key: cb.summary() for cb in reporting})
@@ -225,11 +234,14 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
         trainer.save_checkpoint(best)
     trainer.test(module, ckpt_path=best, verbose=False)  # loaded by AtomicCheckpointIO: allow-listed, safe
     results = {"val": module.results["val"], "test": module.results["test"]}
+    if not zero:  # DDP: every rank evaluated the same weights; rank 0 writes the reports
+        return float(results["val"]["agent"].metrics["sharpe"])
     info.update(
         {
             "best_checkpoint": str(best),
             "env_steps": env_steps,
             "gradient_steps": grad_steps,
+            "processes": trainer.world_size,
             "numerical_faults": faults,
             "wall_seconds": round(time.time() - started, 1),
             **reports,

@@ -56,3 +56,28 @@ def run_killed_and_resumed(tmp_path, overrides: list[str], at: int = 5):
 def outcome(run) -> tuple[str, str]:
     """What a resumed run must reproduce byte for byte: its metrics and its validation history."""
     return (run / "metrics.json").read_text(), (run / "val_history.csv").read_text()
+
+
+class SaveWeights(Callback):
+    """At the end of training, save this process's model weights and its env's current bars
+    to ``<out>/rank<global rank>.pt``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import torch
+
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
+        state["env_t"] = pl_module.env.t.cpu().clone()
+        torch.save(state, os.path.join(self.out, f"rank{trainer.global_rank}.pt"))
+
+
+class RecordProcess(Callback):
+    """When training starts, create ``<out>/pid<process id>``: which processes ran the trials of a multirun."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        open(os.path.join(self.out, f"pid{os.getpid()}"), "w").close()

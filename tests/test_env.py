@@ -9,7 +9,7 @@ import torch
 
 from src.data.market import Costs, Market
 from src.data.synthetic import synthetic_market
-from src.envs.market_env import MarketEnv
+from src.envs.market_env import MarketEnv, all_windows
 
 OPEN = [100.0, 102.0, 103.0, 99.0, 100.0, 111.0]
 CLOSE = [100.0, 104.0, 101.0, 100.0, 110.0, 108.0]
@@ -143,6 +143,25 @@ def test_observation_is_the_window_up_to_t_and_the_position():
     torch.testing.assert_close(obs.position[:, 0], env.position)
     lo, hi = m.decision_range("train")
     assert lo == 7 and hi == m.splits["train"][1] - 2
+
+
+def test_precomputed_windows_and_row_gather_give_the_same_observations():
+    """The fast path (one contiguous row per env from ``all_windows``) equals gathering feature rows."""
+    f = torch.arange(12.0).reshape(6, 2)
+    torch.testing.assert_close(all_windows(f, 3)[1], torch.tensor([2.0, 3, 4, 5, 6, 7]))  # rows 1, 2, 3
+    m = synthetic_market(n_bars=400, window=8)
+    fast = MarketEnv(m, "train", 16, generator=torch.Generator().manual_seed(5))
+    rows = MarketEnv(m, "train", 16, generator=torch.Generator().manual_seed(5))
+    rows._windows = None  # what envs over their own paths (augmentation) use
+    assert fast._windows is not None
+    a, b = fast.reset(), rows.reset()
+    for k in range(40):
+        torch.testing.assert_close(a.market, b.market, rtol=0, atol=0)
+        act = torch.sin(torch.arange(16.0) + k)
+        a, *_ = fast.step(act)
+        b, *_ = rows.step(act)
+    final = fast.observe(fast.t[:5] - 1, fast.position[:5])
+    torch.testing.assert_close(final.market, rows.observe(fast.t[:5] - 1, fast.position[:5]).market, rtol=0, atol=0)
 
 
 def test_validation_walk_starts_at_the_last_train_bar_and_never_reads_past_its_split():

@@ -76,6 +76,7 @@ class AugmentedEnv(MarketEnv):
         self._std = torch.as_tensor(market.norm_std, dtype=torch.float64, device=dev)
         n, s, f = num_envs, self.span, market.num_features
         self._feat = torch.zeros(2 * n * s, f, device=dev)
+        self._windows = None  # observations come from the generated paths, row by row
         self._pre = torch.zeros(2 * n * s, device=dev)
         self._post = torch.zeros(2 * n * s, device=dev)
         self._env_base = torch.arange(n, device=dev) * s

@@ -16,7 +16,9 @@ are reported separately in ``info``. An episode is *terminated* when equity
 falls to ``min_equity`` (bankruptcy: no bootstrap) and *truncated* at its time
 limit or the end of the split (bootstrap from the final observation).
 Observations are written into preallocated buffers: no per-step allocation
-of the (N, window, F) window.
+of the (N, window, F) window. They are gathered from a precomputed, contiguous
+(bars, window * F) tensor of every window (one ``memcpy`` per env: the fast
+path of ``index_select``), unless that tensor would exceed ``MAX_WINDOWS_BYTES``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ import torch
 from src.data.market import Market
 
 EPS = 1e-12
+MAX_WINDOWS_BYTES = 512 * 2**20  # above this, observations are gathered row by row instead
+
+
+def all_windows(features: torch.Tensor, window: int) -> torch.Tensor:
+    """(T - window + 1, window * F): row k holds feature rows k .. k + window - 1, flattened."""
+    t, f = features.shape
+    return features.contiguous().unfold(0, window, 1).transpose(1, 2).reshape(t - window + 1, window * f)
 
 
 @dataclass
@@ -38,6 +47,28 @@ class Obs:
     market: torch.Tensor  # (N, window, F)
     position: torch.Tensor  # (N, 1)
     goal: torch.Tensor | None = None  # (N, 2), see src/rl/her.py
+
+
+def account(
+    p: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, a: torch.Tensor, rate: float, min_trade: float
+) -> tuple[torch.Tensor, ...]:
+    """One step's accounting for held weights ``p`` and target weights ``a`` (see the module docstring).
+
+    Returns ``(held, turnover, gross, growth, drifted_after, reward)``: the weight after the fill, the
+    turnover paid for, gross and net equity growth factors, the weight after the bar's drift (the next
+    step's ``p``) and the reward ``log(growth)``.
+    """
+    g1 = 1 + p * pre
+    drifted = torch.where(g1 > EPS, p * (1 + pre) / g1.clamp_min(EPS), 0.0)
+    turnover = (a - drifted).abs()
+    trade = turnover >= max(min_trade, EPS)
+    held = torch.where(trade, a, drifted)
+    turnover = torch.where(trade, turnover, 0.0)
+    g2 = 1 + held * post
+    gross = g1 * g2
+    growth = (gross * (1 - turnover * rate)).clamp_min(0.0)
+    after = torch.where(g2 > EPS, held * (1 + post) / g2.clamp_min(EPS), 0.0)
+    return held, turnover, gross, growth, after, torch.log(growth.clamp_min(EPS))
 
 
 class MarketEnv:
@@ -92,6 +123,8 @@ class MarketEnv:
         w, f = market.window, market.num_features
         self._offsets = torch.arange(-w + 1, 1, device=dev)
         self._idx = torch.empty(num_envs, w, dtype=torch.long, device=dev)
+        fits = market.features.numel() * w * market.features.element_size() <= MAX_WINDOWS_BYTES
+        self._windows = all_windows(market.features, w) if fits else None  # subclasses with their own paths: None
         self._obs = Obs(torch.empty(num_envs, w, f, device=dev), torch.empty(num_envs, 1, device=dev))
 
     def _starts(self, k: int) -> torch.Tensor:
@@ -128,10 +161,17 @@ class MarketEnv:
             raise ValueError("a start pool must not be empty")
         self.start_pool = pool
 
-    def _write_obs(self, out: Obs) -> Obs:
-        torch.add(self.t[:, None], self._offsets, out=self._idx)
+    def _gather(self, t: torch.Tensor, out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Write the windows ending at bars ``t`` (K,) into ``out`` (K, window, F); ``idx`` (K, window) is scratch."""
         w, f = self.m.window, self.m.num_features
-        torch.index_select(self._feat, 0, self._idx.view(-1), out=out.market.view(self.n * w, f))
+        if self._windows is not None:
+            torch.sub(t, w - 1, out=idx[:, 0])
+            return torch.index_select(self._windows, 0, idx[:, 0], out=out.view(len(t), w * f)).view_as(out)
+        torch.add(t[:, None], self._offsets, out=idx)
+        return torch.index_select(self._feat, 0, idx.view(-1), out=out.view(-1, f)).view_as(out)
+
+    def _write_obs(self, out: Obs) -> Obs:
+        self._gather(self.t, out.market, self._idx)
         out.position.copy_(self.position[:, None])
         return out
 
@@ -158,19 +198,10 @@ class MarketEnv:
         """
         a = action.detach().reshape(self.n).to(self.position.dtype).clamp(*self.m.position_limits)
         nxt = self.t + 1
-        pre, post = self._pre[nxt], self._post[nxt]
-        p = self.position
-        g1 = 1 + p * pre
-        drifted = torch.where(g1 > EPS, p * (1 + pre) / g1.clamp_min(EPS), torch.zeros_like(p))
-        delta = a - drifted
-        trade = delta.abs() >= max(self.m.min_trade, EPS)
-        held = torch.where(trade, a, drifted)
-        turnover = torch.where(trade, delta.abs(), torch.zeros_like(a))
-        g2 = 1 + held * post
-        gross = g1 * g2
-        growth = (gross * (1 - turnover * self.rate)).clamp_min(0.0)
+        held, turnover, gross, growth, pos, reward = account(
+            self.position, self._pre[nxt], self._post[nxt], a, self.rate, self.m.min_trade
+        )
         equity = self.equity * growth
-        reward = torch.log(growth.clamp_min(EPS))
         info = {
             "t": nxt.clone(),  # reset() writes self.t in place; callers keep this
             "position": held,
@@ -181,7 +212,6 @@ class MarketEnv:
             "equity": equity,
         }
         self.steps += 1
-        pos = torch.where(g2 > EPS, held * (1 + post) / g2.clamp_min(EPS), torch.zeros_like(held))
         terminated = equity <= self.m.min_equity
         truncated = ~terminated & ((self.steps >= self.max_len) | (nxt >= self._stop))
         info["final_t"], info["final_position"] = nxt, pos
@@ -196,8 +226,11 @@ class MarketEnv:
 
     def observe(self, t: torch.Tensor, position: torch.Tensor) -> Obs:
         """A fresh observation for arbitrary bars and weights (off the hot path, e.g. final states)."""
-        idx = t.reshape(-1, 1) + self._offsets
-        return Obs(self._feat[idx], position.reshape(-1, 1).to(self.position.dtype))
+        t = t.reshape(-1)
+        k, w, f = len(t), self.m.window, self.m.num_features
+        market = torch.empty(k, w, f, dtype=self._feat.dtype, device=self._feat.device)
+        market = self._gather(t, market, torch.empty(k, w, dtype=torch.long, device=t.device))
+        return Obs(market, position.reshape(-1, 1).to(self.position.dtype))
 
     def _restart_points(self, nxt: torch.Tensor) -> torch.Tensor:
         """(N,) bars where an episode that just ended starts its next one (used where done)."""
