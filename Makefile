@@ -5,7 +5,7 @@ STAMP := .make/installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: compare-augment help install train test test-fast lint format tensorboard clean compare-optimizers compare-exploration
+.PHONY: bench compare-augment help install train test test-fast lint format tensorboard clean compare-optimizers compare-exploration
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,8 +27,8 @@ test-fast: $(STAMP)  ## the suite without the slow end-to-end tests
 	$(PYTHON) -m pytest -q -m "not slow"
 
 lint: $(STAMP)  ## ruff lint and format check
-	$(PYTHON) -m ruff check src tests
-	$(PYTHON) -m ruff format --check src tests
+	$(PYTHON) -m ruff check src tests experiments
+	$(PYTHON) -m ruff format --check src tests experiments
 
 format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(PYTHON) -m ruff check --fix src tests
@@ -36,6 +36,10 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 
 tensorboard: $(STAMP)  ## serve the TensorBoard logs of every run under outputs/
 	$(PYTHON) -m tensorboard.main --logdir outputs --bind_all
+
+BENCH_ARGS ?=
+bench: $(STAMP)  ## env, PPO end to end, Stable-Baselines3 side by side, memory and scaling (~10 min on 2 cores); writes experiments/benchmarks/results.md
+	$(PYTHON) experiments/benchmarks/bench.py $(BENCH_ARGS)
 
 clean:  ## remove caches (run outputs under outputs/ are kept)
 	rm -rf .make .pytest_cache .ruff_cache src/*.egg-info

@@ -13,6 +13,10 @@ from torch import nn
 
 from src.errors import ConfigError
 
+# Multi-tensor (foreach) kernels on every device: on the CPU torch defaults to a loop over parameters,
+# which costs a third of a small model's update; the results are bit-identical.
+FOREACH = True
+
 
 def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
     """Two groups: decayed matrices, and undecayed biases / norm gains (nanoGPT's rule)."""
@@ -30,13 +34,17 @@ def adamw(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-5,
 ) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model.parameters(), weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+    return torch.optim.AdamW(
+        param_groups(model.parameters(), weight_decay), lr=lr, betas=tuple(betas), eps=eps, foreach=FOREACH
+    )
 
 
 def sgd(
     model: nn.Module, lr: float = 1e-2, weight_decay: float = 0.0, momentum: float = 0.9, nesterov: bool = True
 ) -> torch.optim.Optimizer:
-    return torch.optim.SGD(param_groups(model.parameters(), weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
+    return torch.optim.SGD(
+        param_groups(model.parameters(), weight_decay), lr=lr, momentum=momentum, nesterov=nesterov, foreach=FOREACH
+    )
 
 
 def muon(
@@ -68,7 +76,7 @@ def muon(
         adjust_lr_fn=adjust_lr_fn,
     )
     groups = param_groups(rest, adamw_weight_decay)
-    return MuonAdamW(inner, torch.optim.AdamW(groups, lr=adamw_lr, betas=tuple(adamw_betas), eps=eps))
+    return MuonAdamW(inner, torch.optim.AdamW(groups, lr=adamw_lr, betas=tuple(adamw_betas), eps=eps, foreach=FOREACH))
 
 
 def shampoo(
