@@ -83,21 +83,23 @@ def copy_bandwidth(repeats: int, mib: int = 512) -> list[float]:
     return [2 * src.numel() * 4 / s / 1e9 for s in secs]
 
 
-def env_throughput(n: int, repeats: int, window: int | None = None) -> dict:
+def env_throughput(n: int, repeats: int, window: int | None = None, device: str = "cpu") -> dict:
     """env-steps/s at N envs (random actions drawn up front), the bytes one step writes, the env's buffers."""
     import torch
 
     from src.envs.market_env import MarketEnv
 
-    market = tsla_market(window)
-    env = MarketEnv(market, "train", n, generator=torch.Generator().manual_seed(0))
+    market = tsla_market(window).to(device)
+    env = MarketEnv(market, "train", n, generator=torch.Generator(device=device).manual_seed(0))
     env.reset()
     steps = max(20, min(2000, 4_000_000 // n))
-    actions = torch.rand(steps, n) * 2 - 1
+    actions = torch.rand(steps, n, device=device) * 2 - 1
 
     def run():
         for a in actions:
             env.step(a)
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     secs = timed(run, repeats)
     w, f = market.window, market.num_features
@@ -140,7 +142,7 @@ def mlp_overrides() -> list[str]:
     ]
 
 
-def lightning_ppo(overrides: list[str], iterations: int, precision: str) -> tuple[float, int]:
+def lightning_ppo(overrides: list[str], iterations: int, precision: str, accelerator: str = "cpu") -> tuple[float, int]:
     """Steady-state env-steps/s of ``trainer.fit`` (iterations 2 .. iterations+1), and the parameter count."""
     import lightning as L
     import torch
@@ -164,7 +166,7 @@ def lightning_ppo(overrides: list[str], iterations: int, precision: str) -> tupl
             marks.append(time.perf_counter())
 
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         precision=precision,
         max_steps=(iterations + 1) * per_iter,
@@ -233,7 +235,8 @@ def part_ppo(args) -> dict:
     it = args.ppo_iterations
     runs = [lightning_ppo(base, it, "32-true") for _ in range(args.repeats)]
     out["transformer"] = {"sps": [r[0] for r in runs], "params": runs[0][1]}
-    out["transformer_bf16"] = {"sps": [lightning_ppo(base, it, "bf16-mixed")[0] for _ in range(args.repeats)]}
+    # bf16 autocast is emulated (slow) on CPUs without bf16 instructions: one repeat of one iteration
+    out["transformer_bf16"] = {"sps": [lightning_ppo(base, 1, "bf16-mixed")[0]]}
     out["transformer_bare"] = {"sps": [bare_ppo(base, it) for _ in range(args.repeats)]}
     runs = [lightning_ppo([*base, *mlp_overrides()], args.mlp_iterations, "32-true") for _ in range(args.repeats)]
     out["mlp"] = {"sps": [r[0] for r in runs], "params": runs[0][1]}
@@ -327,7 +330,21 @@ def part_scaling(args) -> dict:
     }
 
 
-PARTS = {"env": part_env, "ppo": part_ppo, "sb3": part_sb3, "scaling": part_scaling}
+def part_gpu(args) -> dict:
+    """(GPU) env at N up to 65,536 and PPO end to end with the transformer in bf16-mixed, where CUDA exists."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"device": None}
+    envs = {str(n): env_throughput(n, args.repeats, device="cuda") for n in (1024, 16384, 65536)}
+    ppo = {
+        precision: [lightning_ppo(["env=tsla"], args.ppo_iterations, precision, "gpu")[0] for _ in range(args.repeats)]
+        for precision in ("32-true", "bf16-mixed")
+    }
+    return {"device": torch.cuda.get_device_name(0), "envs": envs, "ppo": ppo}
+
+
+PARTS = {"env": part_env, "ppo": part_ppo, "sb3": part_sb3, "scaling": part_scaling, "gpu": part_gpu}
 
 
 # ---------------------------------------------------------------- report
@@ -342,6 +359,15 @@ def run_part(name: str, args) -> dict:
     res["wall"] = time.perf_counter() - t0
     print(f"part {name}: {res['wall']:.0f} s", file=sys.stderr, flush=True)
     return res
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's native bf16 instruction sets (what makes bf16 autocast fast on a CPU), from /proc/cpuinfo."""
+    try:
+        flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
 
 
 def machine() -> str:
@@ -403,7 +429,8 @@ def report(args, res: dict) -> str:
         "|---|---:|---:|---:|",
         f"| ours, transformer, Lightning, fp32 | {tr['params']:,} | {fmt_range(tr['sps'])} | "
         f"{ppo['rss_mb']:,.0f} MiB |",
-        f"| ours, transformer, Lightning, bf16-mixed | {tr['params']:,} | {fmt_range(bf['sps'])} | (same process) |",
+        f"| ours, transformer, Lightning, bf16-mixed (1 iteration, 1 repeat) | {tr['params']:,} | "
+        f"{fmt_range(bf['sps'])} | (same process) |",
         f"| bare PyTorch loop, transformer, fp32 | {tr['params']:,} | {fmt_range(bare['sps'])} | (same process) |",
         f"| ours, MLP, Lightning, fp32 | {mlp['params']:,} | {fmt_range(mlp['sps'])} | (same process) |",
         f"| Stable-Baselines3 PPO, MLP | {sb3['params']:,} | {fmt_range(sb3['sps'])} | {sb3['rss_mb']:,.0f} MiB |",
@@ -426,7 +453,11 @@ def report(args, res: dict) -> str:
         f"| Lightning within 15% of a bare loop (transformer) | Lightning costs {cost:.0%} "
         f"({med(tr['sps']):,.0f} vs {med(bare['sps']):,.0f} env-steps/s) | {'met' if cost <= 0.15 else 'not met'} |"
     )
-    lines.append(f"| bf16-mixed speed-up on this CPU | {med(bf['sps']) / med(tr['sps']):.2f}x fp32 | - |")
+    flags = cpu_flags()
+    lines.append(
+        f"| bf16-mixed available, speed-up measured | {med(bf['sps']) / med(tr['sps']):.2f}x fp32 on this CPU "
+        f"(bf16 instructions: {', '.join(flags) or 'none, so bf16 is emulated'}) | - |"
+    )
     lines += ["", "## (e) Scaling: what to expect when you size a run", ""]
     lines += ["Env at N envs (window 30), from (a): memory is the env's own buffers (the observation buffer dominates)"]
     lines += ["plus the precomputed window tensor of the whole market (shared by all N).", ""]
@@ -447,6 +478,16 @@ def report(args, res: dict) -> str:
     for d, e in sc["width"].items():
         lines.append(f"| {d} | {e['params']:,} | {fmt_range(e['samples'], digits=0)} |")
     lines += ["", f"Peak resident memory of the scaling part: {sc['rss_mb']:,.0f} MiB.", ""]
+    gpu = res["gpu"]
+    lines += ["## GPU", ""]
+    if gpu["device"] is None:
+        lines += ["No CUDA device on this machine: nothing measured (`trainer=gpu` is exercised where one exists).", ""]
+    else:
+        lines += [f"Device: {gpu['device']}.", "", "| N envs | env-steps/s |", "|---:|---:|"]
+        lines += [f"| {int(n):,} | {fmt_range(e['sps'], 1e-6, 'M', 2)} |" for n, e in gpu["envs"].items()]
+        lines += ["", "| PPO, default transformer, Lightning | env-steps/s |", "|---|---:|"]
+        lines += [f"| {k} | {fmt_range(v)} |" for k, v in gpu["ppo"].items()]
+        lines += [""]
     walls = ", ".join(f"{k} {v['wall']:.0f} s" for k, v in res.items())
     lines += [f"Wall time of each part: {walls}.", ""]
     return "\n".join(lines)
