@@ -24,6 +24,7 @@ path of ``index_select``), unless that tensor would exceed ``MAX_WINDOWS_BYTES``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -49,8 +50,24 @@ class Obs:
     goal: torch.Tensor | None = None  # (N, 2), see src/rl/her.py
 
 
+class Scalars(NamedTuple):
+    """The constants of :func:`account` as 0-d tensors on the env's device: an op between a tensor and a
+    Python number first wraps the number into a tensor, which costs more than the op itself at N ~ 1000."""
+
+    one: torch.Tensor
+    zero: torch.Tensor
+    eps: torch.Tensor
+    rate: torch.Tensor  # cost per unit of turnover
+    min_trade: torch.Tensor  # smallest rebalance (at least eps)
+
+    @classmethod
+    def make(cls, rate: float, min_trade: float, device: torch.device | str = "cpu") -> Scalars:
+        values = (1.0, 0.0, EPS, rate, max(min_trade, EPS))
+        return cls(*(torch.tensor(v, dtype=torch.float32, device=device) for v in values))
+
+
 def account(
-    p: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, a: torch.Tensor, rate: float, min_trade: float
+    p: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, a: torch.Tensor, k: Scalars
 ) -> tuple[torch.Tensor, ...]:
     """One step's accounting for held weights ``p`` and target weights ``a`` (see the module docstring).
 
@@ -58,17 +75,17 @@ def account(
     turnover paid for, gross and net equity growth factors, the weight after the bar's drift (the next
     step's ``p``) and the reward ``log(growth)``.
     """
-    g1 = 1 + p * pre
-    drifted = torch.where(g1 > EPS, p * (1 + pre) / g1.clamp_min(EPS), 0.0)
+    g1 = k.one + p * pre
+    drifted = torch.where(g1 > k.eps, p * (k.one + pre) / g1.clamp_min(k.eps), k.zero)
     turnover = (a - drifted).abs()
-    trade = turnover >= max(min_trade, EPS)
+    trade = turnover >= k.min_trade
     held = torch.where(trade, a, drifted)
-    turnover = torch.where(trade, turnover, 0.0)
-    g2 = 1 + held * post
+    turnover = torch.where(trade, turnover, k.zero)
+    g2 = k.one + held * post
     gross = g1 * g2
-    growth = (gross * (1 - turnover * rate)).clamp_min(0.0)
-    after = torch.where(g2 > EPS, held * (1 + post) / g2.clamp_min(EPS), 0.0)
-    return held, turnover, gross, growth, after, torch.log(growth.clamp_min(EPS))
+    growth = (gross * (k.one - turnover * k.rate)).clamp_min(k.zero)
+    after = torch.where(g2 > k.eps, held * (k.one + post) / g2.clamp_min(k.eps), k.zero)
+    return held, turnover, gross, growth, after, torch.log(growth.clamp_min(k.eps))
 
 
 class MarketEnv:
@@ -110,11 +127,13 @@ class MarketEnv:
         self.first, self.last = market.decision_range(split)
         length = market.episode_length if episode_length is None else episode_length
         self.max_len = length if random_start else self.last - self.first + 1
-        self.rate = market.costs.rate
+        self.rate = market.costs.rate  # a property: a curriculum may change it between steps
         dev = market.device
         # what step() and the observations read: the market's own series (subclasses swap in their paths)
         self._feat, self._pre, self._post = market.features, market.pre, market.post
-        self._stop: int | torch.Tensor = self.last + 1  # reaching this bar ends the episode (end of the split)
+        # reaching this bar ends the episode (the end of the split; subclasses: of each env's path)
+        self._stop = torch.tensor(self.last + 1, device=dev)
+        self._min_equity = torch.tensor(market.min_equity, dtype=torch.float32, device=dev)
         self.gen = generator
         self.t = torch.full((num_envs,), self.first, dtype=torch.long, device=dev)
         self.steps = torch.zeros(num_envs, dtype=torch.long, device=dev)
@@ -126,6 +145,26 @@ class MarketEnv:
         fits = market.features.numel() * w * market.features.element_size() <= MAX_WINDOWS_BYTES
         self._windows = all_windows(market.features, w) if fits else None  # subclasses with their own paths: None
         self._obs = Obs(torch.empty(num_envs, w, f, device=dev), torch.empty(num_envs, 1, device=dev))
+
+    @property
+    def rate(self) -> float:
+        """Cost per unit of turnover (``market.costs.rate``; a curriculum scales it)."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        self._rate = float(value)
+        self._k = Scalars.make(self._rate, self.m.min_trade, self.m.device)
+
+    @property
+    def max_len(self) -> int:
+        """Steps after which a training episode is truncated (a curriculum may shorten it)."""
+        return self._max_len
+
+    @max_len.setter
+    def max_len(self, value: int) -> None:
+        self._max_len = int(value)
+        self._max_len_t = torch.tensor(self._max_len, device=self.m.device)
 
     def _starts(self, k: int) -> torch.Tensor:
         if not self.random_start:
@@ -198,29 +237,28 @@ class MarketEnv:
         """
         a = action.detach().reshape(self.n).to(self.position.dtype).clamp(*self.m.position_limits)
         nxt = self.t + 1
-        held, turnover, gross, growth, pos, reward = account(
-            self.position, self._pre[nxt], self._post[nxt], a, self.rate, self.m.min_trade
-        )
+        held, turnover, gross, growth, pos, reward = account(self.position, self._pre[nxt], self._post[nxt], a, self._k)
+        k = self._k
         equity = self.equity * growth
         info = {
             "t": nxt.clone(),  # reset() writes self.t in place; callers keep this
             "position": held,
             "turnover": turnover,
-            "gross_return": gross - 1,
+            "gross_return": gross - k.one,
             "cost": gross - growth,
-            "net_return": growth - 1,
+            "net_return": growth - k.one,
             "equity": equity,
         }
         self.steps += 1
-        terminated = equity <= self.m.min_equity
-        truncated = ~terminated & ((self.steps >= self.max_len) | (nxt >= self._stop))
+        terminated = equity <= self._min_equity
+        truncated = ~terminated & ((self.steps >= self._max_len_t) | (nxt >= self._stop))
         info["final_t"], info["final_position"] = nxt, pos
         if self.auto_reset:  # same-step reset without a host sync: where() over all envs
             done = terminated | truncated
             nxt = torch.where(done, self._restart_points(nxt), nxt)
             self.steps.masked_fill_(done, 0)
-            pos = pos.masked_fill(done, 0.0)
-            equity = equity.masked_fill(done, 1.0)
+            pos = pos.masked_fill(done, k.zero)
+            equity = equity.masked_fill(done, k.one)
         self.t, self.position, self.equity = nxt, pos, equity
         return self._write_obs(self._obs), reward, terminated, truncated, info
 
