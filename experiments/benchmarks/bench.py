@@ -57,6 +57,12 @@ def fmt_range(values: list[float], scale: float = 1.0, unit: str = "", digits: i
     return f"{statistics.median(v):,.{digits}f}{unit} ({min(v):,.{digits}f}–{max(v):,.{digits}f})"
 
 
+def fmt_rate(values: list[float]) -> str:
+    """env-steps/s with a unit that suits the size: 3.2k, 2.73M."""
+    scale, unit = (1e-6, "M") if med(values) >= 1e6 else (1e-3, "k")
+    return fmt_range(values, scale, unit, 2)
+
+
 def med(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -398,6 +404,9 @@ def report(args, res: dict) -> str:
         f"Command: `make bench` (`python experiments/benchmarks/bench.py --repeats {args.repeats} "
         f"--threads {args.threads}`). Figures: median of {args.repeats} repeats (min–max).",
         "",
+        "This is a shared 2-core virtual machine whose speed drifts: on 2026-11-24 two full runs an hour apart",
+        "differed by up to 26% on one row (SB3: 726 then 915 env-steps/s), so read smaller differences as noise.",
+        "",
         f"Machine: {machine()}; {args.threads} torch thread(s) in every part; "
         f"SB3 {sb3['version']}. GPU figures: see the GPU section (none measured where no GPU was lent).",
         "",
@@ -410,8 +419,12 @@ def report(args, res: dict) -> str:
     ]
     for n, e in env["envs"].items():
         gbs = med(e["sps"]) * e["bytes_per_step"] / int(n) / 1e9
-        lines.append(f"| {int(n):,} | {fmt_range(e['sps'], 1e-6, 'M', 2)} | {gbs:.1f} | {gbs / med(bw):.0%} |")
-    lines += ["", f"Peak resident memory of this part: {env['rss_mb']:,.0f} MiB.", ""]
+        lines.append(f"| {int(n):,} | {fmt_rate(e['sps'])} | {gbs:.1f} | {gbs / med(bw):.0%} |")
+    lines += [
+        "",
+        f"Peak resident memory of this part: {env['rss_mb']:,.0f} MiB (1 GiB of it: the bandwidth test's buffers).",
+        "",
+    ]
 
     tr, bf, bare, mlp = ppo["transformer"], ppo["transformer_bf16"], ppo["transformer_bare"], ppo["mlp"]
     p = MLP_PPO
@@ -449,8 +462,9 @@ def report(args, res: dict) -> str:
     ratio = med(mlp["sps"]) / med(sb3["sps"])
     lines.append(f"| PPO with the MLP >= 3x SB3 at identical hyper-parameters | {ratio:.2f}x SB3 | {ratio / 3:.2f} |")
     cost = 1 - med(tr["sps"]) / med(bare["sps"])
+    said = f"Lightning costs {cost:.0%}" if cost > 0 else f"Lightning {-cost:.0%} faster (noise: see the ranges)"
     lines.append(
-        f"| Lightning within 15% of a bare loop (transformer) | Lightning costs {cost:.0%} "
+        f"| Lightning within 15% of a bare loop (transformer) | {said} "
         f"({med(tr['sps']):,.0f} vs {med(bare['sps']):,.0f} env-steps/s) | {'met' if cost <= 0.15 else 'not met'} |"
     )
     flags = cpu_flags()
@@ -464,7 +478,7 @@ def report(args, res: dict) -> str:
     lines += ["| N envs | env-steps/s | env buffers | window tensor |", "|---:|---:|---:|---:|"]
     for n, e in env["envs"].items():
         mib = f"{e['buffers'] / 2**20:,.2f} MiB | {e['windows'] / 2**20:.1f} MiB"
-        lines.append(f"| {int(n):,} | {med(e['sps']) / 1e6:.2f}M | {mib} |")
+        lines.append(f"| {int(n):,} | {fmt_rate(e['sps'])} | {mib} |")
     lines += ["", "Env at N = 1024 against the window length:", ""]
     lines += ["| window | env-steps/s | GB/s written | env buffers | window tensor |", "|---:|---:|---:|---:|---:|"]
     for w, e in sc["window"].items():
@@ -501,6 +515,7 @@ def main() -> None:
     ap.add_argument("--mlp-iterations", type=int, default=3, help="steady-state MLP / SB3 updates per repeat")
     ap.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--from-json", type=Path, help="rewrite the report from a saved results.json (no measuring)")
     args = ap.parse_args()
     if args.part:  # a child process: one part, its result as one JSON line
         import torch
@@ -510,13 +525,15 @@ def main() -> None:
         res["rss_mb"] = peak_rss_mb()
         print(json.dumps(res))
         return
-    res = {name: run_part(name, args) for name in PARTS}
+    measure = lambda: {name: run_part(name, args) for name in PARTS}  # noqa: E731
+    res = json.loads(args.from_json.read_text()) if args.from_json else measure()
     text = report(args, res)
     print(text)
     tmp = args.out.with_suffix(".md.tmp")
     tmp.write_text(text + "\n")
     tmp.replace(args.out)
-    (args.out.with_suffix(".json")).write_text(json.dumps(res, indent=1) + "\n")
+    if not args.from_json:
+        args.out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
 
 
 if __name__ == "__main__":
