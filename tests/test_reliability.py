@@ -105,13 +105,22 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
     )
 
 
+SIGNAL_RUN = [*TINY, "trainer.max_steps=120", "trainer.val_check_interval=2", "~logger"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_cli_run(tmp_path_factory):
+    """The reference for the signal tests: the same CLI run, never interrupted (trained once for all three)."""
+    full = tmp_path_factory.mktemp("signals") / "full"
+    assert _cli(*SIGNAL_RUN, f"hydra.run.dir={full}").wait(timeout=300) == 0
+    return full
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_cli_real_signal_at_a_random_point_then_resume(tmp_path, sig):
+def test_cli_real_signal_at_a_random_point_then_resume(tmp_path, sig, uninterrupted_cli_run):
     """A real signal at a random moment of a real run; ``resume=`` then reproduces the uninterrupted metrics."""
-    args = [*TINY, "trainer.max_steps=120", "trainer.val_check_interval=2", "~logger"]
-    full = tmp_path / "full"
-    assert _cli(*args, f"hydra.run.dir={full}").wait(timeout=300) == 0
+    args, full = SIGNAL_RUN, uninterrupted_cli_run
     run = tmp_path / "run"
     proc = _cli(*args, f"hydra.run.dir={run}")
     deadline = time.time() + 120
