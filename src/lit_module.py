@@ -210,6 +210,9 @@ class PPOModule(L.LightningModule):
             ("next values", b.next_values),
             ("log-probabilities", b.logprobs),
         )
+        if self.trainer.world_size > 1:  # DDP: every rank skips together, or the others would wait in all-reduce
+            anywhere = float(self._across_ranks(torch.tensor(float(bool(fault)), device=self.device))) > 0
+            fault = fault or ("values on another rank" if anywhere else None)
         if fault:
             self._fault(f"non-finite {fault} in the rollout")
             return
