@@ -121,6 +121,11 @@ class PPOModule(L.LightningModule):
         if self.max_faults < 1:
             raise ConfigError(f"faults.max_consecutive must be >= 1, got {self.max_faults}")
         self.faults = {"consecutive": 0, "total": 0}
+        # compile=true: PPO's minibatch loss (forward, losses and, through AOTAutograd, their backward) as
+        # fused kernels; a one-off compile of ~30 s, then fewer per-op costs (what bounds small models on a CPU)
+        self._ppo_loss = (
+            torch.compile(self._ppo_loss_eager, dynamic=False) if self.cfg.get("compile") else self._ppo_loss_eager
+        )
 
     # ---- data: the env is the data source; loaders only tick the loops ----
     # (own generators: creating an iterator must not draw from the global RNG, or resumed runs would diverge)
@@ -264,21 +269,7 @@ class PPOModule(L.LightningModule):
         for _ in range(p.update_epochs):
             perm = torch.randperm(p.batch_size, device=self.device)
             for mb in perm.split(p.minibatch_size):
-                dist, v = self.model(_take(obs, mb))
-                mb_adv = normalize_advantages(adv[mb]) if p.norm_adv else adv[mb]
-                pg, diag = policy_loss(dist.log_prob(actions[mb]), old_logp[mb], mb_adv, p.clip_coef)
-                terms = {}
-                if isinstance(self.model, Ensemble):  # each member's critic on the returns; members pushed apart
-                    vl = torch.stack([value_loss(vi, old_v[mb], ret[mb], None) for vi in dist.member_values]).mean()
-                    div = dist.disagreement().mean()
-                    terms["ensemble/disagreement"] = div
-                    diversity_term = -self.ensemble.diversity * div
-                else:
-                    vl = value_loss(v, old_v[mb], ret[mb], p.clip_coef if p.clip_vloss else None)
-                    diversity_term = 0.0
-                ent = dist.entropy().mean()
-                loss = pg + p.vf_coef * vl - p.ent_coef * ent + diversity_term
-                terms.update({"policy_loss": pg, "value_loss": vl, "entropy": ent, **diag})
+                loss, terms = self._ppo_loss(_take(obs, mb), actions[mb], old_logp[mb], adv[mb], old_v[mb], ret[mb])
                 loss = loss + self._aux_losses(obs, actions, next_obs, mb, terms)
                 replayed = self._sil_term(terms)
                 if replayed is not None:
@@ -290,9 +281,31 @@ class PPOModule(L.LightningModule):
                     self.replay.update_priorities(replayed[1], replayed[2])
                 for k, val in terms.items():
                     acc.setdefault(k, []).append(val.detach())
-            if p.target_kl is not None and float(self._across_ranks(diag["approx_kl"])) > p.target_kl:
+            if p.target_kl is not None and float(self._across_ranks(terms["approx_kl"])) > p.target_kl:
                 break  # CleanRL: stop the epochs once the policy moved too far
         return {k: torch.stack(v).mean() for k, v in acc.items()}
+
+    def _ppo_loss_eager(
+        self, obs: Obs, actions: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, old_v: torch.Tensor, ret
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """PPO's loss on one minibatch and its logged terms (``compile=true`` runs this through torch.compile)."""
+        p = self.ppo
+        dist, v = self.model(obs)
+        pg, diag = policy_loss(
+            dist.log_prob(actions), old_logp, normalize_advantages(adv) if p.norm_adv else adv, p.clip_coef
+        )
+        terms = {}
+        if isinstance(self.model, Ensemble):  # each member's critic on the returns; members pushed apart
+            vl = torch.stack([value_loss(vi, old_v, ret, None) for vi in dist.member_values]).mean()
+            div = dist.disagreement().mean()
+            terms["ensemble/disagreement"] = div
+            diversity_term = -self.ensemble.diversity * div
+        else:
+            vl = value_loss(v, old_v, ret, p.clip_coef if p.clip_vloss else None)
+            diversity_term = 0.0
+        ent = dist.entropy().mean()
+        terms.update({"policy_loss": pg, "value_loss": vl, "entropy": ent, **diag})
+        return pg + p.vf_coef * vl - p.ent_coef * ent + diversity_term, terms
 
     def _across_ranks(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of ``x`` over DDP ranks (``x`` itself on one process): decisions every rank must share."""

@@ -16,6 +16,8 @@ from src.errors import ConfigError
 # Multi-tensor (foreach) kernels on every device: on the CPU torch defaults to a loop over parameters,
 # which costs a third of a small model's update; the results are bit-identical.
 FOREACH = True
+# AdamW as one fused kernel per parameter group (CPU and CUDA): a third of foreach's time on a small model.
+FUSED_ADAMW = True
 
 
 def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
@@ -35,7 +37,7 @@ def adamw(
     eps: float = 1e-5,
 ) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
-        param_groups(model.parameters(), weight_decay), lr=lr, betas=tuple(betas), eps=eps, foreach=FOREACH
+        param_groups(model.parameters(), weight_decay), lr=lr, betas=tuple(betas), eps=eps, fused=FUSED_ADAMW
     )
 
 
@@ -76,7 +78,9 @@ def muon(
         adjust_lr_fn=adjust_lr_fn,
     )
     groups = param_groups(rest, adamw_weight_decay)
-    return MuonAdamW(inner, torch.optim.AdamW(groups, lr=adamw_lr, betas=tuple(adamw_betas), eps=eps, foreach=FOREACH))
+    return MuonAdamW(
+        inner, torch.optim.AdamW(groups, lr=adamw_lr, betas=tuple(adamw_betas), eps=eps, fused=FUSED_ADAMW)
+    )
 
 
 def shampoo(
