@@ -286,7 +286,13 @@ class PPOModule(L.LightningModule):
         return {k: torch.stack(v).mean() for k, v in acc.items()}
 
     def _ppo_loss_eager(
-        self, obs: Obs, actions: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, old_v: torch.Tensor, ret
+        self,
+        obs: Obs,
+        actions: torch.Tensor,
+        old_logp: torch.Tensor,
+        adv: torch.Tensor,
+        old_v: torch.Tensor,
+        ret: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """PPO's loss on one minibatch and its logged terms (``compile=true`` runs this through torch.compile)."""
         p = self.ppo
