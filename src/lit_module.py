@@ -32,6 +32,7 @@ from src.envs.market_env import MarketEnv, Obs
 from src.errors import ConfigError, NumericalFault
 from src.evaluation import EvalResult, ModelPolicy, evaluate_split
 from src.models.ensemble import Ensemble, EnsembleConfig
+from src.optim.clip import clip_grad_norm_
 from src.optim.schedules import lr_multiplier
 from src.rl.gae import compute_gae, discounted_returns
 from src.rl.grpo import GRPOConfig, group_advantages, grpo_loss
@@ -121,6 +122,7 @@ class PPOModule(L.LightningModule):
         if self.max_faults < 1:
             raise ConfigError(f"faults.max_consecutive must be >= 1, got {self.max_faults}")
         self.faults = {"consecutive": 0, "total": 0}
+        self._params: list[nn.Parameter] | None = None
         # compile=true: PPO's minibatch loss (forward, losses and, through AOTAutograd, their backward) as
         # fused kernels; a one-off compile of ~30 s, then fewer per-op costs (what bounds small models on a CPU)
         self._ppo_loss = (
@@ -320,16 +322,18 @@ class PPOModule(L.LightningModule):
         return self.trainer.strategy.reduce(x.detach().clone(), reduce_op="mean")
 
     def _trained_parameters(self) -> list[nn.Parameter]:
-        return list(self.model.parameters()) + ([] if self.icm is None else list(self.icm.parameters()))
+        if self._params is None:  # fixed once built (loading a checkpoint copies into the same tensors)
+            self._params = list(self.model.parameters()) + ([] if self.icm is None else list(self.icm.parameters()))
+        return self._params
 
     def _step(self, loss: torch.Tensor, terms: dict) -> dict | None:
         """Backward, clip, step optimizer and schedule; a fault dict instead when anything is non-finite."""
         opt, sched = self.optimizers(), self.lr_schedulers()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        gnorm = torch.nn.utils.clip_grad_norm_(self._trained_parameters(), self.ppo.max_grad_norm)
-        bad = _first_nonfinite(("loss", loss), ("gradients", gnorm))  # one host sync per minibatch
-        if bad:
+        gnorm = clip_grad_norm_(self._trained_parameters(), self.ppo.max_grad_norm)
+        if not bool(torch.isfinite(loss) & torch.isfinite(gnorm)):  # one host sync per minibatch
+            bad = _first_nonfinite(("loss", loss), ("gradients", gnorm))
             opt.zero_grad(set_to_none=True)
             return {"fault": f"non-finite {bad} at gradient step {self.global_step}"}
         opt.step()
@@ -662,4 +666,5 @@ def _take(obs: Obs | None, idx: torch.Tensor) -> Obs | None:
     """Rows ``idx`` of a flat observation batch (goal features included)."""
     if obs is None:
         return None
-    return Obs(obs.market[idx], obs.position[idx], None if obs.goal is None else obs.goal[idx])
+    goal = None if obs.goal is None else obs.goal.index_select(0, idx)
+    return Obs(obs.market.index_select(0, idx), obs.position.index_select(0, idx), goal)  # a quarter of x[idx]'s cost

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 
 from src.envs.market_env import Obs
 from src.models import mlp_actor_critic, transformer_actor_critic
+from src.optim.clip import clip_grad_norm_
 from src.optim.muon import MuonAdamW, hidden_matrices
 from tests.conftest import CONF, compose_cfg
 
@@ -114,3 +115,38 @@ def test_training_runs_with_every_optimizer(name, tiny_cfg, tmp_path):
     train(tiny_cfg(f"optimizer={name}"))
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert f"_target_: src.optim.factories.{name}" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def _with_grads(*grads):
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    return params
+
+
+def test_clip_grad_norm_by_hand():
+    # gradients (3, 4) and (12,): joint norm sqrt(9 + 16 + 144) = 13
+    params = _with_grads(torch.tensor([3.0, 4.0]), torch.tensor([12.0]))
+    norm = clip_grad_norm_(params, max_norm=6.5)
+    assert float(norm) == pytest.approx(13.0)
+    scale = 6.5 / (13.0 + 1e-6)
+    assert torch.allclose(params[0].grad, torch.tensor([3.0, 4.0]) * scale)
+    assert torch.allclose(params[1].grad, torch.tensor([12.0]) * scale)
+    # under the limit: untouched (the cap at 1), and parameters without a gradient are skipped
+    params = [*_with_grads(torch.tensor([0.3, 0.4])), torch.nn.Parameter(torch.ones(2))]
+    assert float(clip_grad_norm_(params, max_norm=1.0)) == pytest.approx(0.5)
+    assert torch.equal(params[0].grad, torch.tensor([0.3, 0.4]))
+    assert params[1].grad is None
+
+
+def test_clip_grad_norm_matches_torch_and_flags_non_finite():
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(64, 300, generator=g), torch.randn(64, generator=g), torch.randn(2, 64, generator=g)]
+    ours, theirs = _with_grads(*grads), _with_grads(*grads)
+    n1 = clip_grad_norm_(ours, 0.5)
+    n2 = torch.nn.utils.clip_grad_norm_(theirs, 0.5)
+    assert torch.allclose(n1, n2)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=0)
+    bad = _with_grads(torch.tensor([1.0, float("nan")]))
+    assert not bool(torch.isfinite(clip_grad_norm_(bad, 1.0)))
