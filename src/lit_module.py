@@ -163,6 +163,7 @@ class PPOModule(L.LightningModule):
 
     def _train_env(self, gen: torch.Generator) -> MarketEnv:
         grouped = {"episode_length": self.ppo.horizon, "group_size": self.ppo.group_size} if self.grpo else {}
+        grouped["compile"] = bool(self.cfg.get("compile"))  # the fused env step (src/envs/market_env.py)
         if self.augmenter is not None:  # training episodes on their own augmented paths
             steps = self.ppo.horizon if self.grpo else self.ppo.rollout_steps
             return AugmentedEnv(self.market, self.ppo.num_envs, self.augmenter, gen, min_path=steps, **grouped)

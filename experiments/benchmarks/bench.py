@@ -89,14 +89,16 @@ def copy_bandwidth(repeats: int, mib: int = 512) -> list[float]:
     return [2 * src.numel() * 4 / s / 1e9 for s in secs]
 
 
-def env_throughput(n: int, repeats: int, window: int | None = None, device: str = "cpu") -> dict:
-    """env-steps/s at N envs (random actions drawn up front), the bytes one step writes, the env's buffers."""
+def env_throughput(n: int, repeats: int, window: int | None = None, device: str = "cpu", compile: bool = False) -> dict:
+    """env-steps/s at N envs (random actions drawn up front), the bytes one step writes, the env's buffers;
+    ``compile``: the fused step (its compile happens in the untimed warm-up)."""
     import torch
 
     from src.envs.market_env import MarketEnv
 
     market = tsla_market(window).to(device)
-    env = MarketEnv(market, "train", n, generator=torch.Generator(device=device).manual_seed(0))
+    gen = torch.Generator(device=device).manual_seed(0)
+    env = MarketEnv(market, "train", n, generator=gen, compile=compile)
     env.reset()
     steps = max(20, min(2000, 4_000_000 // n))
     actions = torch.rand(steps, n, device=device) * 2 - 1
@@ -116,10 +118,22 @@ def env_throughput(n: int, repeats: int, window: int | None = None, device: str 
 
 
 def part_env(args) -> dict:
-    return {
+    """Eager and compiled (``compile=true``) steps at ``--threads``; the compiled step on every core too."""
+    import torch
+
+    out = {
         "bandwidth": copy_bandwidth(args.repeats),
         "envs": {str(n): env_throughput(n, args.repeats) for n in N_ENVS},
+        "envs_compiled": {str(n): env_throughput(n, args.repeats, compile=True) for n in N_ENVS},
     }
+    cores = os.cpu_count() or 1
+    if cores > args.threads:
+        torch.set_num_threads(cores)
+        out["cores"] = cores
+        out["bandwidth_cores"] = copy_bandwidth(args.repeats)
+        out["envs_compiled_cores"] = {str(n): env_throughput(n, args.repeats, compile=True) for n in N_ENVS[2:]}
+        torch.set_num_threads(args.threads)
+    return out
 
 
 # ---------------------------------------------------------------- (b) PPO end to end
@@ -259,6 +273,7 @@ def part_sb3(args) -> dict:
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from src.envs.gym_wrapper import TradingEnv
@@ -297,6 +312,7 @@ def part_sb3(args) -> dict:
             seed=r,
             verbose=0,
         )
+        model.set_logger(Logger(folder=None, output_formats=[]))  # else SB3 leaves a log dir in /tmp per run
         params = sum(x.numel() for x in model.policy.parameters())
         clock = Clock()
         total = (args.mlp_iterations + 1) * batch

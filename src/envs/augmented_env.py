@@ -40,6 +40,7 @@ class AugmentedEnv(MarketEnv):
         min_path: at least this many steps per path (the rollout length).
         episode_length: bars per episode (default ``market.episode_length``).
         group_size: envs in a group share one path (GRPO).
+        compile: the fused, compiled step (:class:`MarketEnv`).
     """
 
     def __init__(
@@ -51,9 +52,17 @@ class AugmentedEnv(MarketEnv):
         min_path: int = 1,
         episode_length: int | None = None,
         group_size: int = 1,
+        compile: bool = False,
     ) -> None:
         super().__init__(
-            market, "train", num_envs, True, generator, episode_length=episode_length, group_size=group_size
+            market,
+            "train",
+            num_envs,
+            True,
+            generator,
+            episode_length=episode_length,
+            group_size=group_size,
+            compile=compile,
         )
         self.augmenter = augmenter
         self.path_length = max(self.max_len, int(min_path))

@@ -88,6 +88,88 @@ def account(
     return held, turnover, gross, growth, after, torch.log(growth.clamp_min(k.eps))
 
 
+class Transition(NamedTuple):
+    """What one step of :func:`transition` returns: the next state (restarted where an episode ended,
+    with auto-reset) and the step's outputs."""
+
+    t: torch.Tensor  # (N,) the bar each env now stands at (its next episode's first bar where done)
+    steps: torch.Tensor  # (N,) steps into the current episode
+    position: torch.Tensor  # (N,) weight held into the next step
+    equity: torch.Tensor  # (N,) equity of the current episode
+    reward: torch.Tensor  # log growth net of costs
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    held: torch.Tensor  # weight after the fill
+    turnover: torch.Tensor
+    gross_return: torch.Tensor  # gross growth - 1
+    cost: torch.Tensor  # gross - net growth
+    net_return: torch.Tensor  # net growth - 1
+    final_equity: torch.Tensor  # equity at the end of the step (before any restart)
+    final_t: torch.Tensor  # the bar the step reached (before any restart)
+    final_position: torch.Tensor  # the weight after the bar's drift (before any restart)
+
+
+def transition(
+    t: torch.Tensor,
+    steps: torch.Tensor,
+    position: torch.Tensor,
+    equity: torch.Tensor,
+    action: torch.Tensor,
+    pre: torch.Tensor,
+    post: torch.Tensor,
+    k: Scalars,
+    limits: tuple[torch.Tensor, torch.Tensor],
+    max_len: torch.Tensor,
+    stop: torch.Tensor,
+    min_equity: torch.Tensor,
+    restart: torch.Tensor | None,
+) -> Transition:
+    """One env step for N envs as a pure function (see the module docstring); ``restart`` (N,) holds the
+    bars where an episode that ends now starts its next one (None: no auto-reset).
+
+    Bankruptcy (equity at or below ``min_equity``) terminates; ``max_len`` steps or reaching ``stop`` truncates.
+    """
+    a = action.clamp(limits[0], limits[1])
+    nxt = t + 1
+    held, turnover, gross, growth, pos, reward = account(position, pre[nxt], post[nxt], a, k)
+    final_equity = equity * growth
+    steps = steps + 1
+    terminated = final_equity <= min_equity
+    truncated = ~terminated & ((steps >= max_len) | (nxt >= stop))
+    t_next, position_next, equity_next = nxt.clone(), pos, final_equity  # a copy: reset() writes t in place
+    if restart is not None:  # same-step reset without a host sync: where() over all envs
+        done = terminated | truncated
+        t_next = torch.where(done, restart, nxt)
+        steps = steps.masked_fill(done, 0)
+        position_next = pos.masked_fill(done, k.zero)
+        equity_next = final_equity.masked_fill(done, k.one)
+    return Transition(
+        t_next, steps, position_next, equity_next, reward, terminated, truncated,
+        held, turnover, gross - k.one, gross - growth, growth - k.one, final_equity, nxt, pos,
+    )  # fmt: skip
+
+
+def fused_transition(
+    *args,
+    windows: torch.Tensor | None,
+    feat: torch.Tensor,
+    offsets: torch.Tensor,
+    market_out: torch.Tensor,
+    position_out: torch.Tensor,
+) -> Transition:
+    """:func:`transition`, then the next observation written into ``market_out`` (N, window, F) and
+    ``position_out`` (N, 1): under ``torch.compile`` the accounting, the restarts and the window gather
+    become one loop over the envs (one kernel, no per-op dispatch), which is what ``compile=True`` runs."""
+    tr = transition(*args)
+    w = offsets.numel()
+    if windows is not None:
+        market_out.view(len(tr.t), -1).copy_(windows[tr.t - (w - 1)])
+    else:
+        market_out.copy_(feat[tr.t[:, None] + offsets])
+    position_out.copy_(tr.position[:, None])
+    return tr
+
+
 class MarketEnv:
     """N parallel episodes over one split of a :class:`Market`.
 
@@ -103,6 +185,8 @@ class MarketEnv:
         episode_length: training episode length; default ``market.episode_length``.
         group_size: random starts are drawn once per group of this many consecutive envs, which
             then walk the same bars (GRPO's groups); ``num_envs`` must be a multiple of it.
+        compile: run the step through ``torch.compile`` (:func:`fused_transition`): the same results as
+            eager to float rounding, in one kernel per step.
     """
 
     def __init__(
@@ -115,6 +199,7 @@ class MarketEnv:
         auto_reset: bool | None = None,
         episode_length: int | None = None,
         group_size: int = 1,
+        compile: bool = False,
     ) -> None:
         if num_envs <= 0:
             raise ValueError(f"num_envs must be > 0, got {num_envs}")
@@ -145,6 +230,10 @@ class MarketEnv:
         fits = market.features.numel() * w * market.features.element_size() <= MAX_WINDOWS_BYTES
         self._windows = all_windows(market.features, w) if fits else None  # subclasses with their own paths: None
         self._obs = Obs(torch.empty(num_envs, w, f, device=dev), torch.empty(num_envs, 1, device=dev))
+        self._limits = tuple(torch.tensor(float(x), device=dev) for x in market.position_limits)
+        # compile=True: torch.compile the whole step (a one-off compile of a few seconds per N; needs a C++
+        # compiler on a CPU), recompiled for nothing a curriculum changes (rate and max_len are tensors)
+        self._fused = torch.compile(fused_transition, dynamic=False) if compile else None
 
     @property
     def rate(self) -> float:
@@ -235,32 +324,30 @@ class MarketEnv:
             ``info["final_position"]`` give the state they ended on, for
             :meth:`observe` (bootstrapping truncated episodes).
         """
-        a = action.detach().reshape(self.n).to(self.position.dtype).clamp(*self.m.position_limits)
-        nxt = self.t + 1
-        held, turnover, gross, growth, pos, reward = account(self.position, self._pre[nxt], self._post[nxt], a, self._k)
-        k = self._k
-        equity = self.equity * growth
+        a = action.detach().reshape(self.n).to(self.position.dtype)
+        args = (self.t, self.steps, self.position, self.equity, a, self._pre, self._post, self._k, self._limits)
+        args += (self._max_len_t, self._stop, self._min_equity)  # read before a restart may swap _stop (paths)
+        args += (self._restart_points(self.t + 1) if self.auto_reset else None,)
+        if self._fused is not None:  # compile=True: the step and the observation in one kernel
+            obs = self._obs
+            tr = self._fused(*args, windows=self._windows, feat=self._feat, offsets=self._offsets,
+                             market_out=obs.market, position_out=obs.position)  # fmt: skip
+        else:
+            tr = transition(*args)
+        self.t, self.steps, self.position, self.equity = tr.t, tr.steps, tr.position, tr.equity
         info = {
-            "t": nxt.clone(),  # reset() writes self.t in place; callers keep this
-            "position": held,
-            "turnover": turnover,
-            "gross_return": gross - k.one,
-            "cost": gross - growth,
-            "net_return": growth - k.one,
-            "equity": equity,
+            "t": tr.final_t,
+            "position": tr.held,
+            "turnover": tr.turnover,
+            "gross_return": tr.gross_return,
+            "cost": tr.cost,
+            "net_return": tr.net_return,
+            "equity": tr.final_equity,
+            "final_t": tr.final_t,
+            "final_position": tr.final_position,
         }
-        self.steps += 1
-        terminated = equity <= self._min_equity
-        truncated = ~terminated & ((self.steps >= self._max_len_t) | (nxt >= self._stop))
-        info["final_t"], info["final_position"] = nxt, pos
-        if self.auto_reset:  # same-step reset without a host sync: where() over all envs
-            done = terminated | truncated
-            nxt = torch.where(done, self._restart_points(nxt), nxt)
-            self.steps.masked_fill_(done, 0)
-            pos = pos.masked_fill(done, k.zero)
-            equity = equity.masked_fill(done, k.one)
-        self.t, self.position, self.equity = nxt, pos, equity
-        return self._write_obs(self._obs), reward, terminated, truncated, info
+        obs = self._obs if self._fused is not None else self._write_obs(self._obs)
+        return obs, tr.reward, tr.terminated, tr.truncated, info
 
     def observe(self, t: torch.Tensor, position: torch.Tensor) -> Obs:
         """A fresh observation for arbitrary bars and weights (off the hot path, e.g. final states)."""
