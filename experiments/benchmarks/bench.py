@@ -415,10 +415,20 @@ def machine() -> str:
     )
 
 
-def bw_bound(env: dict) -> float:
+def bw_bound(env: dict, bandwidth: str = "bandwidth") -> float:
     """env-steps/s at which reading + writing one observation per env-step takes the whole copy bandwidth."""
     e = env["envs"]["1024"]
-    return med(env["bandwidth"]) * 1e9 / (2 * e["bytes_per_step"] / 1024)
+    return med(env[bandwidth]) * 1e9 / (2 * e["bytes_per_step"] / 1024)
+
+
+def env_rows(env: dict, threads: int) -> list[tuple[str, str, str]]:
+    """(key of the results, label, key of the bandwidth measured at the same thread count) of each env variant."""
+    rows = [("envs", f"eager, {threads} thread(s)", "bandwidth")]
+    if "envs_compiled" in env:  # runs from before compile=true fused the env: none
+        rows.append(("envs_compiled", f"`compile=true`, {threads} thread(s)", "bandwidth"))
+    if "envs_compiled_cores" in env:
+        rows.append(("envs_compiled_cores", f"`compile=true`, {env['cores']} threads (every core)", "bandwidth_cores"))
+    return rows
 
 
 def report(args, res: dict) -> str:
@@ -433,7 +443,8 @@ def report(args, res: dict) -> str:
         "This is a shared 2-core virtual machine whose speed drifts: on 2026-11-24 two full runs an hour apart",
         "differed by up to 26% on one row (SB3: 726 then 915 env-steps/s), so read smaller differences as noise.",
         "",
-        f"Machine: {machine()}; {args.threads} torch thread(s) in every part; "
+        f"Machine: {machine()}; {args.threads} torch thread(s) in every part (the env part also on every core, "
+        "labelled); "
         f"SB3 {sb3['version']}. GPU figures: see the GPU section (none measured where no GPU was lent).",
         "",
         f"Copy bandwidth (512 MiB fp32, read + write): {fmt_range(bw, unit=' GB/s')}.",
@@ -446,12 +457,15 @@ def report(args, res: dict) -> str:
         f"all of that bandwidth, is {bw_bound(env) / 1e6:.1f}M on this machine (part of the reads may come from cache,",
         "so it is a guide, not a hard ceiling).",
         "",
-        "| N envs | env-steps/s | GB/s read + written | of copy bandwidth |",
-        "|---:|---:|---:|---:|",
+        "| step | N envs | env-steps/s | GB/s read + written | of copy bandwidth at that thread count |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for n, e in env["envs"].items():
-        gbs = 2 * med(e["sps"]) * e["bytes_per_step"] / int(n) / 1e9
-        lines.append(f"| {int(n):,} | {fmt_rate(e['sps'])} | {gbs:.1f} | {gbs / med(bw):.0%} |")
+    for key, label, bw_key in env_rows(env, args.threads):
+        for n, e in env[key].items():
+            gbs = 2 * med(e["sps"]) * e["bytes_per_step"] / int(n) / 1e9
+            lines.append(f"| {label} | {int(n):,} | {fmt_rate(e['sps'])} | {gbs:.1f} | {gbs / med(env[bw_key]):.0%} |")
+    if "bandwidth_cores" in env:
+        lines += ["", f"Copy bandwidth on {env['cores']} threads: {fmt_range(env['bandwidth_cores'], unit=' GB/s')}."]
     lines += [
         "",
         f"Peak resident memory of this part: {env['rss_mb']:,.0f} MiB (1 GiB of it: the bandwidth test's buffers).",
@@ -494,14 +508,14 @@ def report(args, res: dict) -> str:
         "| goal | measured | ratio to goal |",
         "|---|---|---:|",
     ]
-    best_n = max(env["envs"], key=lambda n: med(env["envs"][n]["sps"]) if int(n) >= 1024 else 0)
-    env_best = med(env["envs"][best_n]["sps"])
-    bound = bw_bound(env)
-    lines.append(
-        f"| env with observations >= 15M env-steps/s at N >= 1024 | {env_best / 1e6:.2f}M at N={int(best_n):,}: "
-        f"{env_best / bound:.0%} of this machine's bandwidth bound ({bound / 1e6:.1f}M; the issue's machine: "
-        f"~20M, its 15M = 75%) | {env_best / 15e6:.2f} |"
-    )
+    for key, label, bw_key in env_rows(env, args.threads):
+        best_n = max((n for n in env[key] if int(n) >= 1024), key=lambda n: med(env[key][n]["sps"]))
+        env_best, bound = med(env[key][best_n]["sps"]), bw_bound(env, bw_key)
+        lines.append(
+            f"| env with observations >= 15M env-steps/s at N >= 1024 ({label}) | {env_best / 1e6:.2f}M at "
+            f"N={int(best_n):,}: {env_best / bound:.0%} of the bandwidth bound at that thread count "
+            f"({bound / 1e6:.1f}M; the issue's machine: ~20M, its 15M = 75%) | {env_best / 15e6:.2f} |"
+        )
     ratio = med(mlp["sps"]) / med(sb3["sps"])
     said = f"{ratio:.2f}x SB3 eager"
     best = ratio
