@@ -16,9 +16,11 @@ are reported separately in ``info``. An episode is *terminated* when equity
 falls to ``min_equity`` (bankruptcy: no bootstrap) and *truncated* at its time
 limit or the end of the split (bootstrap from the final observation).
 Observations are written into preallocated buffers: no per-step allocation
-of the (N, window, F) window. They are gathered from a precomputed, contiguous
-(bars, window * F) tensor of every window (one ``memcpy`` per env: the fast
-path of ``index_select``), unless that tensor would exceed ``MAX_WINDOWS_BYTES``.
+of the (N, window, F) window. They are gathered from a (bars, window * F) view
+of every window (:func:`all_windows`: row k starts at feature row k, so it costs
+no memory beyond the features, which stay in cache) with one contiguous row copy
+per env, unless its logical size would exceed ``MAX_WINDOWS_BYTES``.
+``compile=True`` fuses the step (:func:`fused_transition`) into one kernel.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ MAX_WINDOWS_BYTES = 512 * 2**20  # above this, observations are gathered row by 
 
 
 def all_windows(features: torch.Tensor, window: int) -> torch.Tensor:
-    """(T - window + 1, window * F): row k holds feature rows k .. k + window - 1, flattened."""
+    """(T - window + 1, window * F): row k holds feature rows k .. k + window - 1, flattened.
+
+    An overlapping view of the (contiguous) features with row stride F: no copy of the windows is made.
+    """
     t, f = features.shape
     return features.contiguous().unfold(0, window, 1).transpose(1, 2).reshape(t - window + 1, window * f)
 
