@@ -11,7 +11,7 @@ from src.data.market import build_market
 from src.data.synthetic import synthetic_market
 from src.envs.augmented_env import AugmentedEnv
 from src.envs.market_env import MarketEnv
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY, compose_cfg
 
 TSLA = load_ohlcv(ROOT / "data" / "tsla_daily.csv")
 INFO = ("t", "position", "turnover", "gross_return", "cost", "net_return", "equity", "final_t", "final_position")
@@ -76,3 +76,14 @@ def test_compiled_augmented_env_walks_the_same_paths_across_generations():
     ]
     assert_same_walk(*envs, steps=40)
     assert envs[0].generations == envs[1].generations == 3
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_the_compile_key_reaches_the_training_env(flag, tmp_path):
+    from src.lit_module import PPOModule
+    from src.utils import build
+
+    cfg = compose_cfg([*TINY, f"compile={str(flag).lower()}"], tmp_path)
+    module = PPOModule(cfg, build(cfg.env))
+    env = module._train_env(torch.Generator().manual_seed(0))
+    assert (env._fused is not None) is flag
