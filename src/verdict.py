@@ -70,9 +70,9 @@ def verdict(
     out["sentence"] = (
         f"On the {judged} period ({t['first'][:10]} to {t['last'][:10]}, {t['bars']} bars) the agent "
         f"{'BEAT' if beat else 'did NOT beat'} buy-and-hold with {100 * level:.0f}% confidence: Sharpe "
-        f"{t['sharpe']:.2f} vs {t['buy_and_hold_sharpe']:.2f}, probability that its true Sharpe exceeds "
-        f"buy-and-hold's {t['psr_vs_buy_and_hold']:.2f} (PSR), higher in {100 * t['p_bootstrap_beats_bh']:.0f}% "
-        f"of block-bootstrap resamples; {100 * level:.0f}% interval of its Sharpe "
-        f"[{t['sharpe_ci_low']:.2f}, {t['sharpe_ci_high']:.2f}]."
+        f"{t['sharpe']:.2f} vs {t['buy_and_hold_sharpe']:.2f}; probability that its true Sharpe exceeds "
+        f"buy-and-hold's (PSR) {t['psr_vs_buy_and_hold']:.2f}; its Sharpe was the higher in "
+        f"{100 * t['p_bootstrap_beats_bh']:.0f}% of block-bootstrap resamples; {100 * level:.0f}% interval of "
+        f"its Sharpe [{t['sharpe_ci_low']:.2f}, {t['sharpe_ci_high']:.2f}]."
     )
     return out
