@@ -456,7 +456,8 @@ def report(args, res: dict) -> str:
         "preallocated observation buffer: bytes read + written = 2 x the observation bytes, counted the way the",
         "copy bandwidth above counts them. The bandwidth bound, the env-steps/s at which those bytes alone would take",
         f"all of that bandwidth, is {bw_bound(env) / 1e6:.1f}M on this machine. It is a guide, not a ceiling: the",
-        "reads come from the features table (160 KB for TSLA daily, which the window view points into), so they",
+        f"reads come from the features table ({env['envs']['1024']['windows'] / 1e3:.0f} KB, which the window view "
+        "points into), so they",
         "stay in cache and only the writes reach memory; a column above 100% means just that.",
         "",
         "| step | N envs | env-steps/s | GB/s read + written | of copy bandwidth at that thread count |",

@@ -153,11 +153,11 @@ class AugmentedEnv(MarketEnv):
         self.pos += 1
         return super().step(action)
 
-    def _restart_points(self, nxt: torch.Tensor) -> torch.Tensor:
+    def _restart_points(self, t: torch.Tensor) -> torch.Tensor:
         if self.pos >= self.path_length:  # every episode was cut at the path's end: a new generation
             self._generate()
             return self._first
-        return nxt  # the next episode continues on the same path
+        return t + 1  # the next episode continues on the same path, from the bar this step reaches
 
     # ---- checkpoints: the paths themselves travel, so a resumed run walks the same bars ----
     def state_dict(self) -> dict:

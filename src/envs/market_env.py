@@ -141,8 +141,9 @@ def transition(
     steps = steps + 1
     terminated = final_equity <= min_equity
     truncated = ~terminated & ((steps >= max_len) | (nxt >= stop))
-    t_next, position_next, equity_next = nxt.clone(), pos, final_equity  # a copy: reset() writes t in place
-    if restart is not None:  # same-step reset without a host sync: where() over all envs
+    if restart is None:
+        t_next, position_next, equity_next = nxt.clone(), pos, final_equity  # a copy: reset() writes t in place
+    else:  # same-step reset without a host sync: where() over all envs
         done = terminated | truncated
         t_next = torch.where(done, restart, nxt)
         steps = steps.masked_fill(done, 0)
@@ -332,11 +333,10 @@ class MarketEnv:
         a = action.detach().reshape(self.n).to(self.position.dtype)
         args = (self.t, self.steps, self.position, self.equity, a, self._pre, self._post, self._k, self._limits)
         args += (self._max_len_t, self._stop, self._min_equity)  # read before a restart may swap _stop (paths)
-        args += (self._restart_points(self.t + 1) if self.auto_reset else None,)
+        args += (self._restart_points(self.t) if self.auto_reset else None,)
         if self._fused is not None:  # compile=True: the step and the observation in one kernel
-            obs = self._obs
             tr = self._fused(*args, windows=self._windows, feat=self._feat, offsets=self._offsets,
-                             market_out=obs.market, position_out=obs.position)  # fmt: skip
+                             market_out=self._obs.market, position_out=self._obs.position)  # fmt: skip
         else:
             tr = transition(*args)
         self.t, self.steps, self.position, self.equity = tr.t, tr.steps, tr.position, tr.equity
@@ -362,8 +362,8 @@ class MarketEnv:
         market = self._gather(t, market, torch.empty(k, w, dtype=torch.long, device=t.device))
         return Obs(market, position.reshape(-1, 1).to(self.position.dtype))
 
-    def _restart_points(self, nxt: torch.Tensor) -> torch.Tensor:
-        """(N,) bars where an episode that just ended starts its next one (used where done)."""
+    def _restart_points(self, t: torch.Tensor) -> torch.Tensor:
+        """(N,) bars where an episode that ends at this step (from bars ``t``) starts its next one (used where done)."""
         return self._starts(self.n)
 
     def state_dict(self) -> dict:
