@@ -32,7 +32,7 @@ from src.envs.market_env import MarketEnv, Obs
 from src.errors import ConfigError, NumericalFault
 from src.evaluation import EvalResult, ModelPolicy, evaluate_split
 from src.models.ensemble import Ensemble, EnsembleConfig
-from src.optim.clip import clip_grad_norm_
+from src.optim.clip import clip_grad_norm_, clipped
 from src.optim.schedules import lr_multiplier
 from src.rl.gae import compute_gae, discounted_returns
 from src.rl.grpo import GRPOConfig, group_advantages, grpo_loss
@@ -40,7 +40,7 @@ from src.rl.her import GoalTracker, relabel_future
 from src.rl.icm import ICM
 from src.rl.ppo import PPOConfig, explained_variance, normalize_advantages, policy_loss, value_loss
 from src.rl.replay import ReplayBuffer, ReplayConfig, annealed_beta, sil_loss
-from src.rl.rollout import Rollout, collect
+from src.rl.rollout import Rollout, act, collect
 from src.utils import build
 
 
@@ -123,11 +123,16 @@ class PPOModule(L.LightningModule):
             raise ConfigError(f"faults.max_consecutive must be >= 1, got {self.max_faults}")
         self.faults = {"consecutive": 0, "total": 0}
         self._params: list[nn.Parameter] | None = None
+        self._named: dict[str, nn.Parameter] | None = None
         # compile=true: PPO's minibatch loss (forward, losses and, through AOTAutograd, their backward) as
-        # fused kernels; a one-off compile of ~30 s, then fewer per-op costs (what bounds small models on a CPU)
-        self._ppo_loss = (
-            torch.compile(self._ppo_loss_eager, dynamic=False) if self.cfg.get("compile") else self._ppo_loss_eager
-        )
+        # fused kernels; a one-off compile of ~30 s, then fewer per-op costs (what bounds small models on a CPU).
+        # Plain PPO on one process goes further: loss, gradients and their clipping as one graph (_ppo_grads).
+        compiled = bool(self.cfg.get("compile"))
+        self._ppo_loss = torch.compile(self._ppo_loss_eager, dynamic=False) if compiled else self._ppo_loss_eager
+        self._ppo_grads = torch.compile(self._ppo_grads_eager, dynamic=False) if compiled else None
+        # ... and the behaviour policy's step in the rollout (an ensemble's batched members stay eager)
+        plain = compiled and not isinstance(self.model, Ensemble)
+        self._act = torch.compile(partial(act, self.model), dynamic=False) if plain else None
 
     # ---- data: the env is the data source; loaders only tick the loops ----
     # (own generators: creating an iterator must not draw from the global RNG, or resumed runs would diverge)
@@ -204,7 +209,7 @@ class PPOModule(L.LightningModule):
         self.model.eval()  # no dropout while acting
         if self.grpo:  # every iteration: fresh groups, all members from their group's start bar
             self.obs = self.env.reset()
-        self.obs = collect(self.model, self.env, self.obs, self.buf, self.goals)
+        self.obs = collect(self.model, self.env, self.obs, self.buf, self.goals, self._act)
         self.model.train()
         b, p = self.buf, self.ppo
         self.last_train_returns = b.net_return  # per-bar net returns of this rollout (the curriculum's Sharpe)
@@ -272,12 +277,19 @@ class PPOModule(L.LightningModule):
         for _ in range(p.update_epochs):
             perm = torch.randperm(p.batch_size, device=self.device)
             for mb in perm.split(p.minibatch_size):
-                loss, terms = self._ppo_loss(_take(obs, mb), actions[mb], old_logp[mb], adv[mb], old_v[mb], ret[mb])
-                loss = loss + self._aux_losses(obs, actions, next_obs, mb, terms)
-                replayed = self._sil_term(terms)
-                if replayed is not None:
-                    loss = loss + replayed[0]
-                fault = self._step(loss, terms)
+                batch = (_take(obs, mb), actions[mb], old_logp[mb], adv[mb], old_v[mb], ret[mb])
+                replayed, given = None, None
+                if self._fuses_update():  # one compiled call: loss, gradients (torch.func), clipped
+                    with torch.no_grad():  # torch.func.grad still differentiates; the graph needs no autograd
+                        loss, terms, grads, gnorm = self._ppo_grads(self._named_parameters(), *batch)
+                    given = (grads, gnorm)
+                else:
+                    loss, terms = self._ppo_loss(*batch)
+                    loss = loss + self._aux_losses(obs, actions, next_obs, mb, terms)
+                    replayed = self._sil_term(terms)
+                    if replayed is not None:
+                        loss = loss + replayed[0]
+                fault = self._step(loss, terms, given)
                 if fault:
                     return fault
                 if replayed is not None:
@@ -296,10 +308,12 @@ class PPOModule(L.LightningModule):
         adv: torch.Tensor,
         old_v: torch.Tensor,
         ret: torch.Tensor,
+        params: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """PPO's loss on one minibatch and its logged terms (``compile=true`` runs this through torch.compile)."""
+        """PPO's loss on one minibatch and its logged terms (``compile=true`` runs this through torch.compile);
+        ``params``: the model's parameters by name, to call it functionally (:meth:`_ppo_grads_eager`)."""
         p = self.ppo
-        dist, v = self.model(obs)
+        dist, v = self.model(obs) if params is None else torch.func.functional_call(self.model, params, (obs,))
         pg, diag = policy_loss(
             dist.log_prob(actions), old_logp, normalize_advantages(adv) if p.norm_adv else adv, p.clip_coef
         )
@@ -327,16 +341,57 @@ class PPOModule(L.LightningModule):
             self._params = list(self.model.parameters()) + ([] if self.icm is None else list(self.icm.parameters()))
         return self._params
 
-    def _step(self, loss: torch.Tensor, terms: dict) -> dict | None:
-        """Backward, clip, step optimizer and schedule; a fault dict instead when anything is non-finite."""
+    def _ppo_grads_eager(
+        self, params: dict[str, torch.Tensor], *batch: torch.Tensor | Obs
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """PPO's minibatch loss, its terms, the gradients of ``params`` clipped to ``algo.max_grad_norm`` and their
+        norm before clipping, as one pure function (``torch.func.grad``): with ``compile=true`` the forward, the
+        backward and the clip become one graph, with no autograd engine, runtime wrappers or in-place clip between.
+        """
+
+        def loss_of(named: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple]:
+            loss, terms = self._ppo_loss_eager(*batch, params=named)
+            return loss, (loss, terms)
+
+        grads, (loss, terms) = torch.func.grad(loss_of, has_aux=True)(params)
+        return loss, terms, *clipped(list(grads.values()), self.ppo.max_grad_norm)
+
+    def _fuses_update(self) -> bool:
+        """``compile=true`` with plain PPO on one process: :meth:`_ppo_grads` gives the gradients. Curiosity and
+        replay add losses outside PPO's, an ensemble batches its members itself, and DDP all-reduces in backward:
+        those take the compiled loss and autograd."""
+        if self._ppo_grads is None or self.icm is not None or self.replay is not None:
+            return False
+        return not isinstance(self.model, Ensemble) and self.trainer.world_size == 1
+
+    def _named_parameters(self) -> dict[str, nn.Parameter]:
+        """The model's parameters by name, in :meth:`_trained_parameters`' order (no ICM: see :meth:`_fuses_update`)."""
+        if self._named is None:
+            names = (n for n, _ in self.model.named_parameters())
+            self._named = dict(zip(names, self._trained_parameters(), strict=True))
+        return self._named
+
+    def _step(
+        self, loss: torch.Tensor, terms: dict, given: tuple[list[torch.Tensor], torch.Tensor] | None = None
+    ) -> dict | None:
+        """Backward, clip, step optimizer and schedule; a fault dict instead when anything is non-finite.
+        ``given``: the clipped gradients and their norm before clipping, already computed (:meth:`_ppo_grads_eager`).
+        """
         opt, sched = self.optimizers(), self.lr_schedulers()
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        gnorm = clip_grad_norm_(self._trained_parameters(), self.ppo.max_grad_norm)
+        if given is None:
+            grads = None
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            gnorm = clip_grad_norm_(self._trained_parameters(), self.ppo.max_grad_norm)
+        else:
+            grads, gnorm = given
         if not bool(torch.isfinite(loss) & torch.isfinite(gnorm)):  # one host sync per minibatch
             bad = _first_nonfinite(("loss", loss), ("gradients", gnorm))
             opt.zero_grad(set_to_none=True)
             return {"fault": f"non-finite {bad} at gradient step {self.global_step}"}
+        if grads is not None:
+            for w, g in zip(self._trained_parameters(), grads, strict=True):
+                w.grad = g
         opt.step()
         sched.step()
         terms["loss"], terms["grad_norm"] = loss, gnorm

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from src.envs.market_env import Obs
 from src.models import mlp_actor_critic, transformer_actor_critic
-from src.optim.clip import clip_grad_norm_
+from src.optim.clip import clip_grad_norm_, clipped
 from src.optim.muon import MuonAdamW, hidden_matrices
 from tests.conftest import CONF, compose_cfg
 
@@ -150,3 +150,20 @@ def test_clip_grad_norm_matches_torch_and_flags_non_finite():
         assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=0)
     bad = _with_grads(torch.tensor([1.0, float("nan")]))
     assert not bool(torch.isfinite(clip_grad_norm_(bad, 1.0)))
+
+
+def test_clipped_is_the_pure_form_of_clip_grad_norm():
+    # by hand: (3, 4) and (12,) have joint norm 13; max 6.5 halves them (to 1e-6)
+    out, norm = clipped([torch.tensor([3.0, 4.0]), torch.tensor([12.0])], 6.5)
+    assert float(norm) == pytest.approx(13.0)
+    assert torch.allclose(out[0], torch.tensor([1.5, 2.0])) and torch.allclose(out[1], torch.tensor([6.0]))
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(64, 300, generator=g), torch.randn(64, generator=g)]
+    params = _with_grads(*grads)
+    n1 = clip_grad_norm_(params, 0.5)
+    before = [x.clone() for x in grads]
+    out, n2 = clipped(grads, 0.5)
+    torch.testing.assert_close(n2, n1)
+    for a, p in zip(out, params, strict=True):
+        torch.testing.assert_close(a, p.grad)
+    assert all(torch.equal(a, b) for a, b in zip(grads, before, strict=True))  # the inputs stay as they were

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -78,12 +79,27 @@ HER_FIELDS = {
 }
 
 
+def act(model: torch.nn.Module, obs: Obs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The behaviour policy's step: a sampled action, its log-probability and the state's value."""
+    dist, value = model(obs)
+    action = dist.sample()
+    return action, dist.log_prob(action), value
+
+
 @torch.no_grad()
-def collect(model: torch.nn.Module, env: MarketEnv, obs: Obs, buf: Rollout, goals: GoalTracker | None = None) -> Obs:
+def collect(
+    model: torch.nn.Module,
+    env: MarketEnv,
+    obs: Obs,
+    buf: Rollout,
+    goals: GoalTracker | None = None,
+    policy: Callable[[Obs], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+) -> Obs:
     """Fill ``buf`` with ``buf.steps`` env steps; return the observation to continue from.
 
     With ``goals`` (``replay=her``) the policy sees the goal features, and the tracker's
     per-step records (achieved growth, goal, window step, goal reward) go to ``buf.her``.
+    ``policy``: :func:`act` for ``model`` in another form (``compile=true``: compiled); default :func:`act`.
 
     ``next_values`` is V(s_{t+1}) of the state reached: the next stored value,
     V of the final observation for truncated episodes (one batched pass at
@@ -96,9 +112,8 @@ def collect(model: torch.nn.Module, env: MarketEnv, obs: Obs, buf: Rollout, goal
         if goals is not None:
             obs = goals.attach(obs)
             buf.goal[t] = obs.goal
-        dist, value = model(obs)
-        action = dist.sample()
-        buf.actions[t], buf.logprobs[t], buf.values[t] = action, dist.log_prob(action), value
+        action, buf.logprobs[t], buf.values[t] = act(model, obs) if policy is None else policy(obs)
+        buf.actions[t] = action
         obs, reward, term, trunc, info = env.step(action)
         buf.rewards[t], buf.terminated[t], buf.truncated[t] = reward, term, trunc
         buf.final_t[t], buf.final_position[t] = info["final_t"], info["final_position"]
