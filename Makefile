@@ -38,7 +38,7 @@ tensorboard: $(STAMP)  ## serve the TensorBoard logs of every run under outputs/
 	$(PYTHON) -m tensorboard.main --logdir outputs --bind_all
 
 BENCH_ARGS ?=
-bench: $(STAMP)  ## env, PPO end to end, Stable-Baselines3 side by side, memory and scaling (~10 min on 2 cores); writes experiments/benchmarks/results.md
+bench: $(STAMP)  ## env, PPO end to end, Stable-Baselines3 side by side, memory and scaling (~4-7 min on 2 cores); writes experiments/benchmarks/results.md
 	$(PYTHON) experiments/benchmarks/bench.py $(BENCH_ARGS)
 
 clean:  ## remove caches (run outputs under outputs/ are kept)

@@ -7,6 +7,8 @@ Parts, each in its own process (so each has its own peak resident memory, part (
     outputs) turned into GB/s and set against a copy bandwidth measured in the same run;
 (b) end-to-end PPO env-steps/s on the shipped TSLA data: the default transformer through Lightning in
     fp32 and in ``bf16-mixed``, the same work as a bare PyTorch loop (no Lightning), and an MLP policy;
+    the MLP and the transformer also with ``compile=true`` (compiled env step and behaviour policy, and each
+    minibatch's loss, gradients and clip as one graph);
 (c) Stable-Baselines3 PPO on the same env through its Gymnasium wrapper (:class:`src.envs.TradingEnv`,
     8 envs in a ``DummyVecEnv``) with the same MLP widths, n_steps, minibatch, epochs and total steps as
     our MLP run in (b), and the ratio ours / SB3;
@@ -441,8 +443,10 @@ def report(args, res: dict) -> str:
         f"Command: `make bench` (`python experiments/benchmarks/bench.py --repeats {args.repeats} "
         f"--threads {args.threads}`). Figures: median of {args.repeats} repeats (min–max).",
         "",
-        "This is a shared 2-core virtual machine whose speed drifts: on 2026-11-24 two full runs an hour apart",
-        "differed by up to 26% on one row (SB3: 726 then 915 env-steps/s), so read smaller differences as noise.",
+        "This is a shared 2-core virtual machine, and the host behind it changes between sessions: earlier runs",
+        "(2026-11-24, and earlier on 2026-12-01) measured 13-17 GB/s of copy bandwidth and SB3 at 0.7-1.8k",
+        "env-steps/s, and two runs an hour apart differed by up to 26% on one row. Compare the ratios measured",
+        "within one run (its parts run minutes apart on the same host), not absolute figures across runs.",
         "",
         f"Machine: {machine()}; {args.threads} torch thread(s) in every part (the env part also on every core, "
         "labelled); "
