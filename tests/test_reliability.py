@@ -152,8 +152,8 @@ def _poison(monkeypatch, calls: set[int]):
     """Put a NaN into the rewards of the given rollouts (1-based)."""
     real, n = src.lit_module.collect, [0]
 
-    def collect(model, env, obs, buf, goals=None):
-        out = real(model, env, obs, buf, goals)
+    def collect(model, env, obs, buf, goals=None, policy=None):
+        out = real(model, env, obs, buf, goals, policy)
         n[0] += 1
         if n[0] in calls:
             buf.rewards[3, 1] = float("nan")
@@ -197,6 +197,33 @@ def test_a_nan_gradient_is_skipped(tmp_path, monkeypatch, capsys):
     _run(tmp_path, "run")
     assert "non-finite loss at gradient step 5" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "run_info.json").read_text())["numerical_faults"] == 1
+
+
+def test_a_nan_gradient_is_skipped_in_the_fused_update(tmp_path, monkeypatch, capsys):
+    """``compile=true`` computes gradients inside one compiled graph: a non-finite norm from it skips the step too."""
+    from src.lit_module import PPOModule
+
+    real_configure = PPOModule.configure_optimizers
+
+    def configure_optimizers(self):  # once per fit, before the first update: wrap the compiled function
+        fused, n = self._ppo_grads, [0]
+
+        def poisoned(*a):
+            n[0] += 1
+            loss, terms, grads, norm = fused(*a)
+            return loss, terms, grads, norm * float("nan") if n[0] == 6 else norm
+
+        self._ppo_grads = poisoned
+        return real_configure(self)
+
+    monkeypatch.setattr(PPOModule, "configure_optimizers", configure_optimizers)
+    small_mlp = ["model=mlp", "model.hidden=[16,16]", "model.head_hidden=16", "compile=true"]
+    (tmp_path / "run").mkdir()
+    train(compose_cfg([o for o in TINY if not o.startswith("model.")] + LONGER + small_mlp, tmp_path / "run"))
+    assert "non-finite gradients at gradient step 5" in capsys.readouterr().out
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    # the faulted iteration kept its first step and skipped the rest; whole iterations of 4 then pass the budget of 24
+    assert info["numerical_faults"] == 1 and info["gradient_steps"] == 1 + 4 + 4 * 5
 
 
 def test_a_nan_model_is_never_saved(tmp_path, monkeypatch, capsys):
