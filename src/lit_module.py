@@ -41,7 +41,7 @@ from src.rl.icm import ICM
 from src.rl.ppo import PPOConfig, explained_variance, normalize_advantages, policy_loss, value_loss
 from src.rl.replay import ReplayBuffer, ReplayConfig, annealed_beta, sil_loss
 from src.rl.rollout import Rollout, act, collect
-from src.utils import build
+from src.utils import build, compile_static
 
 
 class _Forever(IterableDataset):
@@ -128,11 +128,11 @@ class PPOModule(L.LightningModule):
         # fused kernels; a one-off compile of ~30 s, then fewer per-op costs (what bounds small models on a CPU).
         # Plain PPO on one process goes further: loss, gradients and their clipping as one graph (_ppo_grads).
         compiled = bool(self.cfg.get("compile"))
-        self._ppo_loss = torch.compile(self._ppo_loss_eager, dynamic=False) if compiled else self._ppo_loss_eager
-        self._ppo_grads = torch.compile(self._ppo_grads_eager, dynamic=False) if compiled else None
+        self._ppo_loss = compile_static(self._ppo_loss_eager) if compiled else self._ppo_loss_eager
+        self._ppo_grads = compile_static(self._ppo_grads_eager) if compiled else None
         # ... and the behaviour policy's step in the rollout (an ensemble's batched members stay eager)
         plain = compiled and not isinstance(self.model, Ensemble)
-        self._act = torch.compile(partial(act, self.model), dynamic=False) if plain else None
+        self._act = compile_static(partial(act, self.model)) if plain else None
 
     # ---- data: the env is the data source; loaders only tick the loops ----
     # (own generators: creating an iterator must not draw from the global RNG, or resumed runs would diverge)

@@ -25,6 +25,13 @@ OmegaConf.register_new_resolver(
 )
 
 
+def compile_static(fn):
+    """``torch.compile`` for fixed shapes (what ``compile=true`` uses). Dynamo's guards already check every tensor
+    input's shape and strides before a compiled call, so inductor's own per-call size asserts are skipped: they
+    cost ~0.2 µs per input, ~6 µs of a ~70 µs env step at N = 1,024 (``make bench``)."""
+    return torch.compile(fn, dynamic=False, options={"size_asserts": False})
+
+
 def git_revision() -> str:
     """Current commit (with ``+dirty`` when the tree has changes), or ``unknown`` outside git."""
     try:

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 
 from src.data.market import Market
+from src.utils import compile_static
 
 EPS = 1e-12
 MAX_WINDOWS_BYTES = 512 * 2**20  # above this, observations are gathered row by row instead
@@ -239,7 +240,7 @@ class MarketEnv:
         self._limits = tuple(torch.tensor(float(x), device=dev) for x in market.position_limits)
         # compile=True: torch.compile the whole step (a one-off compile of a few seconds per N; needs a C++
         # compiler on a CPU), recompiled for nothing a curriculum changes (rate and max_len are tensors)
-        self._fused = torch.compile(fused_transition, dynamic=False) if compile else None
+        self._fused = compile_static(fused_transition) if compile else None
 
     @property
     def rate(self) -> float:
