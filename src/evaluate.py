@@ -59,7 +59,8 @@ def evaluate(cfg: DictConfig) -> dict:
         "data": market.describe(),
     }
     title = f"{market.name}: re-evaluation of {Path(cfg.ckpt_path).name} on the {cfg.split} split"
-    table = write_run_outputs(run_dir, results, info["command"], info, title, verdict(results, market.bars_per_year))
+    judged = verdict(results, market.bars_per_year, bars_per_day=market.bars_per_day)
+    table = write_run_outputs(run_dir, results, info["command"], info, title, judged)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)
     return json.loads((run_dir / "metrics.json").read_text())
 

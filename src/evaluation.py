@@ -15,7 +15,7 @@ import torch
 
 from src.data.market import Market
 from src.envs.market_env import MarketEnv, Obs
-from src.metrics import compute_metrics
+from src.metrics import compute_metrics, excess_returns
 
 Policy = Callable[[Obs], torch.Tensor]
 BASELINES = {"buy_and_hold": 1.0, "flat": 0.0}
@@ -71,10 +71,23 @@ def _first(obs: Obs, k: int) -> Obs:
     return Obs(obs.market[:k], obs.position[:k], None if obs.goal is None else obs.goal[:k])
 
 
+def _risk_free(ledger: pd.DataFrame):
+    return ledger["risk_free"].to_numpy() if "risk_free" in ledger else None
+
+
+def excess_series(ledger: pd.DataFrame):
+    """Per-bar net returns in excess of the cash rate: what every Sharpe ratio and test of a ledger reads."""
+    return excess_returns(ledger["net_return"].to_numpy(), _risk_free(ledger))
+
+
 def ledger_metrics(ledger: pd.DataFrame, bars_per_year: float) -> dict[str, float]:
     """Metrics of a ledger: the only path from an evaluation to reported numbers."""
     return compute_metrics(
-        ledger["net_return"].to_numpy(), ledger["position"].to_numpy(), ledger["turnover"].to_numpy(), bars_per_year
+        ledger["net_return"].to_numpy(),
+        ledger["position"].to_numpy(),
+        ledger["turnover"].to_numpy(),
+        bars_per_year,
+        _risk_free(ledger),
     )
 
 

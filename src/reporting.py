@@ -51,7 +51,7 @@ def _fmt(v: float, kind: str) -> str:
         return "n/a"
     if isinstance(v, float) and math.isinf(v):
         return "inf"
-    return {"pct": f"{100 * v:.2f}%", "num": f"{v:.3f}", "int": f"{int(v)}"}[kind]
+    return {"pct": f"{100 * v:.2f}%", "num": f"{v:.3f}", "int": f"{int(v)}", "p": f"{v:.4f}"}[kind]
 
 
 def metrics_table(results: dict[str, dict[str, EvalResult]]) -> str:
@@ -118,23 +118,42 @@ def _bullets(d: dict, indent: str = "") -> list[str]:
 def significance_table(v: dict) -> str:
     """Markdown table of :func:`src.verdict.verdict`'s per-split figures."""
     splits = [s for s in ("train", "val", "test") if s in v]
+    pct = f"{100 * v['level']:.0f}%"
     rows = [
         ("sharpe", "Sharpe", "num"),
         ("buy_and_hold_sharpe", "buy-and-hold Sharpe", "num"),
+        ("sharpe_minus_bh", "Sharpe minus buy-and-hold's (paired, same bars)", "num"),
+        ("sharpe_minus_bh_ci_low", f"  {pct} interval, low (Ledoit-Wolf HAC)", "num"),
+        ("sharpe_minus_bh_ci_high", f"  {pct} interval, high", "num"),
+        ("p_value_vs_bh", "one-sided p-value: agent's Sharpe <= buy-and-hold's", "p"),
         ("psr_vs_zero", "PSR vs Sharpe 0", "num"),
-        ("psr_vs_buy_and_hold", "PSR vs buy-and-hold's Sharpe", "num"),
-        ("sharpe_ci_low", f"Sharpe {100 * v['level']:.0f}% CI low (block bootstrap)", "num"),
-        ("sharpe_ci_high", f"Sharpe {100 * v['level']:.0f}% CI high", "num"),
-        ("sharpe_minus_bh_ci_low", "Sharpe minus buy-and-hold's, CI low", "num"),
-        ("sharpe_minus_bh_ci_high", "Sharpe minus buy-and-hold's, CI high", "num"),
-        ("p_bootstrap_beats_bh", "resamples where the agent's Sharpe is higher", "pct"),
-        ("deflated_sharpe_ratio", "deflated Sharpe ratio (selection among checkpoints)", "num"),
+        ("sharpe_ci_low", f"Sharpe {pct} interval, low (block bootstrap)", "num"),
+        ("sharpe_ci_high", f"Sharpe {pct} interval, high", "num"),
+        ("bootstrap_block", "bootstrap block (bars, Politis-White)", "int"),
+        ("selected_from", "validation checks the checkpoint was selected from", "int"),
+        ("expected_max_sharpe", "best of those checks by luck alone (expected)", "num"),
+        ("deflated_sharpe_ratio", "deflated Sharpe ratio (selection among the checks)", "num"),
     ]
     lines = ["| | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
     for key, label, kind in rows:
         if any(key in v[s] for s in splits):
             lines.append(f"| {label} | " + " | ".join(_fmt(v[s].get(key), kind) for s in splits) + " |")
     return "\n".join(lines)
+
+
+def selection_lines(v: dict) -> list[str]:
+    """The sentence on how the checkpoint was selected (empty when the verdict has no validation history)."""
+    val = v.get("val", {})
+    if "selected_from" not in val:
+        return []
+    n = val["selected_from"]
+    return [
+        f"The checkpoint was selected on validation from all {n} validation check{'s' * (n != 1)} of the run "
+        f"(`val_history.csv`). By luck alone the best of them would reach a Sharpe of about "
+        f"{val['expected_max_sharpe']:.3f}; the deflated Sharpe ratio of its validation Sharpe {val['sharpe']:.3f} "
+        f"is {val['deflated_sharpe_ratio']:.3f}.",
+        "",
+    ]
 
 
 def member_section(results: dict[str, dict[str, EvalResult]]) -> list[str]:
@@ -211,13 +230,18 @@ def write_run_outputs(
             "",
             verdict["sentence"],
             "",
+            *selection_lines(verdict),
             significance_table(verdict),
             "",
-            "PSR: probabilistic Sharpe ratio (Bailey & López de Prado), the probability that the true Sharpe "
-            "exceeds the benchmark given the sample's length, skewness and kurtosis. The intervals come from a "
-            f"circular block bootstrap (blocks of {verdict[verdict['judged_split']]['bootstrap_block']} bars, "
-            "the same resampled bars for agent and buy-and-hold). The deflated Sharpe ratio discounts the "
-            "validation Sharpe for having been the best of every validation check.",
+            "The paired test (Ledoit & Wolf 2008) compares the agent's Sharpe with buy-and-hold's on the same bars: "
+            "the standard error of the difference comes from the delta method with a HAC covariance (Bartlett "
+            "kernel, Newey-West bandwidth), so both estimates' noise, their correlation, fat tails and "
+            "autocorrelation count. PSR: probabilistic Sharpe ratio (Bailey & López de Prado 2012), the probability "
+            "that the true Sharpe exceeds 0 given the sample's length, skewness and kurtosis. The Sharpe interval "
+            f"comes from a circular block bootstrap (blocks of {verdict[verdict['judged_split']]['bootstrap_block']} "
+            "bars, Politis & White's length, never under a day of bars). The deflated Sharpe ratio (Bailey & "
+            "López de Prado 2014) discounts the validation Sharpe for having been the best of every validation "
+            "check: it is the PSR against the Sharpe the best of those checks would reach by luck.",
             "",
         ]
         table = f"{table}\n\n{verdict['sentence']}"

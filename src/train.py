@@ -217,9 +217,11 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     except Interrupted as e:
         print(f"\n{e}\ncontinue with: python -m src.train resume={run_dir}\n", flush=True)
         raise SystemExit(128 + int(signal.Signals[e.signal_name])) from None
-    # before test() loads the best checkpoint (and with it that checkpoint's counters); env steps over all ranks
+    # before test() loads the best checkpoint (and with it that checkpoint's counters and validation history,
+    # which ends at that checkpoint: the selection was made among *every* check); env steps over all ranks
     env_steps = module.env_steps * trainer.world_size
     grad_steps, faults = trainer.global_step, module.faults["total"]
+    val_sharpes = [float(r["sharpe"]) for r in module.val_history]
 
     reporting = [cb for cb in callbacks if hasattr(cb, "report_key")]
     reports = json_safe({cb.report_key: cb.summary() for cb in reporting})
@@ -249,7 +251,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     )
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
     title = f"{market.name}: agent vs buy-and-hold (selected on validation, test evaluated once)"
-    judged = verdict(results, market.bars_per_year, [r["sharpe"] for r in module.val_history])
+    judged = verdict(results, market.bars_per_year, val_sharpes, bars_per_day=market.bars_per_day)
     table = write_run_outputs(run_dir, results, info["command"], info, title, judged, sections)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)
     return float(results["val"]["agent"].metrics["sharpe"])

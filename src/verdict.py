@@ -1,44 +1,71 @@
 """The honest verdict of a run: how confident can we be that the agent beat buy-and-hold out of sample?
 
-Every figure comes from :mod:`src.metrics`; this module only assembles them and says the result in one
-sentence. The agent "beat buy-and-hold with confidence" on the test period only when both tests agree at
-the stated level: the probabilistic Sharpe ratio against buy-and-hold's test Sharpe, and the share of
-paired block-bootstrap resamples (the same bars for both) in which the agent's Sharpe is the higher.
-The validation figure of the selected checkpoint is the best of several looks, so it is also shown
-deflated by the number of validations it was selected from.
+Every figure comes from :mod:`src.stats` (and the Sharpe ratios from :mod:`src.metrics`); this module
+only assembles them and says the result in one sentence. The agent "beat buy-and-hold" on the judged
+period only when the paired test of the two Sharpe ratios on the same bars (Ledoit & Wolf 2008) rejects
+"the agent's true Sharpe is at most buy-and-hold's" at the stated level: both estimates are noisy,
+correlated and autocorrelated, and the test accounts for all three. The validation figure of the
+selected checkpoint is the best of every validation check, so it is also shown deflated for that
+selection (Bailey & López de Prado 2014).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from src.evaluation import EvalResult
-from src.metrics import bootstrap_sharpe, deflated_sharpe_ratio, probabilistic_sharpe_ratio
+from src.evaluation import EvalResult, excess_series
+from src.stats import (
+    bootstrap_sharpe,
+    deflated_sharpe_ratio,
+    probabilistic_sharpe_ratio,
+    selection_benchmark,
+    sharpe_difference_test,
+)
+
+IN_SAMPLE = {
+    "train": "IN SAMPLE: the agent was trained on these bars, so these figures say nothing about skill",
+    "val": "IN SAMPLE: the checkpoint was selected on these bars, so these figures are optimistic",
+}
 
 
 def split_significance(
-    res: dict[str, EvalResult], bars_per_year: float, level: float = 0.95, seed: int = 0
+    res: dict[str, EvalResult], bars_per_year: float, level: float = 0.95, seed: int = 0, bars_per_day: int = 1
 ) -> dict[str, float]:
-    """Sharpe, PSR against 0 and against buy-and-hold, and block-bootstrap intervals for one split."""
-    agent = res["agent"].ledger["net_return"].to_numpy()
-    bh = res["buy_and_hold"].ledger["net_return"].to_numpy()
-    bh_sharpe = res["buy_and_hold"].metrics["sharpe"]
-    boot = bootstrap_sharpe(agent, bars_per_year, benchmark=bh, level=level, seed=seed)
+    """Sharpe, PSR against 0, a block-bootstrap interval, and the paired test against buy-and-hold."""
+    agent = excess_series(res["agent"].ledger)
+    bh = excess_series(res["buy_and_hold"].ledger)
+    boot = bootstrap_sharpe(agent, bars_per_year, level=level, min_block=bars_per_day, seed=seed)
+    paired = sharpe_difference_test(agent, bh, bars_per_year, level)
     idx = res["agent"].ledger.index
     return {
         "first": str(idx[0]),
         "last": str(idx[-1]),
         "bars": len(agent),
         "sharpe": res["agent"].metrics["sharpe"],
-        "buy_and_hold_sharpe": bh_sharpe,
+        "buy_and_hold_sharpe": res["buy_and_hold"].metrics["sharpe"],
         "psr_vs_zero": probabilistic_sharpe_ratio(agent, 0.0, bars_per_year),
-        "psr_vs_buy_and_hold": probabilistic_sharpe_ratio(agent, bh_sharpe, bars_per_year),
         "sharpe_ci_low": boot["low"],
         "sharpe_ci_high": boot["high"],
-        "sharpe_minus_bh_ci_low": boot["diff_low"],
-        "sharpe_minus_bh_ci_high": boot["diff_high"],
-        "p_bootstrap_beats_bh": boot["p_better"],
         "bootstrap_block": boot["block"],
+        "sharpe_minus_bh": paired["diff"],
+        "sharpe_minus_bh_se": paired["se"],
+        "sharpe_minus_bh_ci_low": paired["ci_low"],
+        "sharpe_minus_bh_ci_high": paired["ci_high"],
+        "p_value_vs_bh": paired["p_value"],
+    }
+
+
+def selection(val: dict[str, EvalResult], val_sharpes: Sequence[float], bars_per_year: float) -> dict[str, float]:
+    """The deflated Sharpe ratio of the selected checkpoint's validation figure, given every check it was
+    selected from (:func:`src.stats.selection_benchmark`: N = the number of checks, V their variance)."""
+    bench = selection_benchmark(list(val_sharpes), bars_per_year)
+    returns = excess_series(val["agent"].ledger)
+    return {
+        "selected_from": bench["checks"],
+        "effective_trials": bench["effective_trials"],
+        "checks_sharpe_std": bench["sharpe_std"],
+        "expected_max_sharpe": bench["expected_max_sharpe"],
+        "deflated_sharpe_ratio": deflated_sharpe_ratio(returns, list(val_sharpes), bars_per_year),
     }
 
 
@@ -47,32 +74,37 @@ def verdict(
     bars_per_year: float,
     val_sharpes: Sequence[float] = (),
     level: float = 0.95,
+    bars_per_day: int = 1,
 ) -> dict:
     """Significance of every split, and the one-sentence verdict on the test period (else the last split).
 
     Args:
-        results: ``{"val": ..., "test": ...}`` evaluations of the selected checkpoint.
-        val_sharpes: validation Sharpe at every check the checkpoint was selected from (for the deflated
+        results: ``{"val": ..., "test": ...}`` evaluations of the selected checkpoint (``src.evaluate`` may
+            judge any one split: a train or val split is labelled in-sample).
+        val_sharpes: validation Sharpe at *every* check the checkpoint was selected from (for the deflated
             Sharpe ratio of the validation figure); empty when unknown.
-        level: the confidence both tests must reach.
+        level: the confidence the paired test must reach.
+        bars_per_day: the bootstrap's shortest block (a trading day of intraday bars).
     """
-    out = {split: split_significance(res, bars_per_year, level) for split, res in results.items()}
-    if "val" in out and len(val_sharpes) > 1:
-        agent = results["val"]["agent"].ledger["net_return"].to_numpy()
-        out["val"]["deflated_sharpe_ratio"] = deflated_sharpe_ratio(agent, list(val_sharpes), bars_per_year)
-        out["val"]["selected_from"] = len(val_sharpes)
-    judged = "test" if "test" in results else list(results)[-1]  # src.evaluate may judge any one split
+    out = {s: split_significance(res, bars_per_year, level, bars_per_day=bars_per_day) for s, res in results.items()}
+    if "val" in out and len(val_sharpes) > 0:
+        out["val"].update(selection(results["val"], val_sharpes, bars_per_year))
+    judged = "test" if "test" in results else list(results)[-1]
     t = out[judged]
-    beat = t["psr_vs_buy_and_hold"] >= level and t["p_bootstrap_beats_bh"] >= level
+    beat = t["p_value_vs_bh"] <= 1 - level
     out["level"] = level
     out["judged_split"] = judged
+    out["in_sample"] = judged in IN_SAMPLE
     out["beat_buy_and_hold"] = bool(beat)
+    where = f"{judged} period ({t['first'][:10]} to {t['last'][:10]}, {t['bars']} bars)"
+    if judged in IN_SAMPLE:
+        where += f" ({IN_SAMPLE[judged]})"
+    pct = f"{100 * level:.0f}%"
     out["sentence"] = (
-        f"On the {judged} period ({t['first'][:10]} to {t['last'][:10]}, {t['bars']} bars) the agent "
-        f"{'BEAT' if beat else 'did NOT beat'} buy-and-hold with {100 * level:.0f}% confidence: Sharpe "
-        f"{t['sharpe']:.2f} vs {t['buy_and_hold_sharpe']:.2f}; probability that its true Sharpe exceeds "
-        f"buy-and-hold's (PSR) {t['psr_vs_buy_and_hold']:.2f}; its Sharpe was the higher in "
-        f"{100 * t['p_bootstrap_beats_bh']:.0f}% of block-bootstrap resamples; {100 * level:.0f}% interval of "
-        f"its Sharpe [{t['sharpe_ci_low']:.2f}, {t['sharpe_ci_high']:.2f}]."
+        f"On the {where} the agent {'BEAT' if beat else 'did NOT beat'} buy-and-hold at the {pct} level: Sharpe "
+        f"{t['sharpe']:.2f} vs {t['buy_and_hold_sharpe']:.2f}, a difference of {t['sharpe_minus_bh']:+.2f} "
+        f"({pct} interval [{t['sharpe_minus_bh_ci_low']:.2f}, {t['sharpe_minus_bh_ci_high']:.2f}]; one-sided "
+        f"p = {t['p_value_vs_bh']:.3f} in the paired test of the two Sharpe ratios on the same bars); {pct} "
+        f"interval of its own Sharpe [{t['sharpe_ci_low']:.2f}, {t['sharpe_ci_high']:.2f}]."
     )
     return out

@@ -99,17 +99,18 @@ def walk_forward(cfg: DictConfig) -> dict:
     with open_dict(cfg):
         cfg.hydra = hydra_node
     HydraConfig.instance().set_config(cfg)
-    return _report(cfg, out, full.bars_per_year, rows, pd.concat(agent), pd.concat(bh))
+    return _report(cfg, out, full, rows, pd.concat(agent), pd.concat(bh))
 
 
-def _report(cfg, out: Path, bpy: float, rows: list[dict], agent: pd.DataFrame, bh: pd.DataFrame) -> dict:
+def _report(cfg, out: Path, market, rows: list[dict], agent: pd.DataFrame, bh: pd.DataFrame) -> dict:
+    bpy = market.bars_per_year
     if not agent.index.is_monotonic_increasing or agent.index.has_duplicates:
         raise ConfigError("walk_forward: fold test periods overlap or are out of order")  # cannot happen: a guard
     ledgers = {"agent": agent, "buy_and_hold": bh}
     res = {"oos": {name: EvalResult("test", led, ledger_metrics(led, bpy)) for name, led in ledgers.items()}}
     for n in res["oos"]:
         res["oos"][n].ledger["equity"] = (1 + res["oos"][n].ledger["net_return"]).cumprod()
-    judged = verdict({"test": res["oos"]}, bpy)
+    judged = verdict({"test": res["oos"]}, bpy, bars_per_day=market.bars_per_day)
     judged["sentence"] = judged["sentence"].replace("On the test period", "Over the stitched out-of-sample folds")
     folds = pd.DataFrame(rows)
     fmt = {c: (lambda v: f"{v:.3f}") for c in folds if "sharpe" in c} | {

@@ -81,3 +81,30 @@ class RecordProcess(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         open(os.path.join(self.out, f"pid{os.getpid()}"), "w").close()
+
+
+class FixPolicy(Callback):
+    """Before validation check k (1-based), make the policy a constant target weight ``positions[k - 1]``:
+    the actor's last layer gets zero weights and a bias whose Beta mean is that weight. Training goes on
+    from there; the checkpoint written at that check holds exactly this policy."""
+
+    def __init__(self, positions: list[float]) -> None:
+        self.positions, self.count = [float(p) for p in positions], 0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        import math
+
+        import torch
+
+        self.count += 1
+        if trainer.state.fn != "fit" or self.count > len(self.positions):
+            return
+        x = (self.positions[self.count - 1] + 1) / 2  # the Beta mean alpha / (alpha + beta) in [0, 1]
+        x = min(max(x, 0.01), 0.99)
+        total = 40.0
+        alpha, beta = 1 + (total - 2) * x, 1 + (total - 2) * (1 - x)  # both > 1, mean exactly x
+        inv = lambda y: math.log(math.expm1(y)) - math.log(math.e - 1)  # softplus⁻¹ less the model's offset  # noqa: E731
+        last = pl_module.model.actor[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.copy_(torch.tensor([inv(alpha - 1), inv(beta - 1)]))

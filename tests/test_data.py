@@ -143,7 +143,7 @@ def test_fill_returns(bars):
 def test_bars_per_year(freq, weekends, per_day, expected):
     days = pd.date_range("2024-01-01", periods=60, freq="D", tz="UTC")
     if not weekends:
-        days = days[days.dayofweek < 5]
+        days = days[days.day_of_week < 5]
     if per_day == 1:
         ts = days
     else:
@@ -161,6 +161,47 @@ def test_bars_per_year(freq, weekends, per_day, expected):
 def test_shipped_bar_sizes():
     assert load_market("data/tsla_daily.csv").bars_per_year == 252
     assert load_market("data/btcusdt_1h.csv").bars_per_year == 8760
+    m = load_market("data/tsla_15m.csv", max_gap="5D")
+    assert (m.bars_per_year, m.bars_per_day) == (26 * 252, 26)
+
+
+def _stamped(csv_text: str, time_and_offset: str) -> str:
+    """The daily CSV with every date written as ``<date>T<time_and_offset>``."""
+    lines = csv_text.splitlines()
+    return "\n".join([lines[0], *(f"{r[:10]}T{time_and_offset}{r[10:]}" for r in lines[1:])]) + "\n"
+
+
+@pytest.mark.parametrize("stamp", ["00:00:00+01:00", "00:00:00+09:00", "20:00:00-05:00", "16:00:00Z", "00:00:00Z"])
+def test_daily_bars_with_an_offset_are_annualised_in_their_own_calendar(tmp_path, csv_text, stamp):
+    import warnings
+
+    df = load_ohlcv(write_csv(tmp_path / "tz.csv", _stamped(csv_text, stamp)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecated pandas calls (Timestamp.dayofweek) on the way
+        m = build_market(df, name="x", source="tz.csv", data_hash="0", window=10)
+    assert m.bars_per_year == 252 and m.bars_per_day == 1
+    if stamp in ("00:00:00+01:00", "00:00:00+09:00", "20:00:00-05:00"):
+        # in UTC these weekday bars land partly on weekends: the old inference said 365 (Sharpe x1.20)
+        assert infer_bars_per_year(df.index) == 365
+
+
+def test_hourly_24_7_bars_with_an_offset(tmp_path):
+    ts = pd.date_range("2024-01-01", periods=24 * 60, freq="h")
+    rows = [f"{t.strftime('%Y-%m-%dT%H:%M:%S')}+09:00,1,2,0.5,1.5,10" for t in ts]
+    df = load_ohlcv(write_csv(tmp_path / "h.csv", "timestamp,open,high,low,close,volume\n" + "\n".join(rows) + "\n"))
+    m = build_market(df, name="x", source="h.csv", data_hash="0", window=10, min_trade=0.0)
+    assert (m.bars_per_year, m.bars_per_day) == (8760, 24)
+
+
+def test_an_ambiguous_calendar_is_refused_unless_bars_per_year_is_given(bars):
+    # weekday bars plus a Sunday session every other week (e.g. an FX file with Sunday-evening opens):
+    # 8% of the bars on weekends is neither a weekday (252) nor a 7-day (365) market
+    days = pd.date_range("2023-01-01", periods=600, freq="D", tz="UTC")
+    keep = (days.day_of_week < 5) | ((days.day_of_week == 6) & (days.isocalendar().week.to_numpy() % 2 == 0))
+    fx = bars.iloc[: int(keep.sum())].set_axis(days[keep][: len(bars)])
+    with pytest.raises(DataError, match="set env.bars_per_year"):
+        build_market(fx, name="x", source="fx.csv", data_hash="0", window=10)
+    assert build_market(fx, name="x", source="fx.csv", data_hash="0", window=10, bars_per_year=260).bars_per_year == 260
 
 
 # ---- header aliases, time zones, gaps, size (issue 4, part 1) ----

@@ -109,6 +109,37 @@ def test_bad_config_is_refused_before_training(tiny_cfg, tmp_path, capsys):
         build(tiny_cfg("env.window=0").env)
 
 
+def test_the_verdict_counts_every_validation_check(tiny_cfg, tmp_path):
+    """Issue 18: the best checkpoint is not the last; the report says it was selected from every check, and
+    the deflated Sharpe ratio is the one recomputed by hand from val_history.csv and trades_val.csv."""
+    import numpy as np
+
+    from src.stats import expected_max, probabilistic_sharpe_ratio
+
+    fix = ["+callbacks.fix._target_=tests.helpers.FixPolicy", "+callbacks.fix.positions=[0.95,-0.95,0.0,0.0,0.0]"]
+    train(tiny_cfg("trainer.max_steps=20", *fix))  # 5 iterations, each validated
+    run = tmp_path / "run"
+    hist = pd.read_csv(run / "val_history.csv")
+    assert len(hist) == 5
+    best = int(hist.sharpe.to_numpy().argmax())
+    assert best < 4  # long or short beats flat (and flat ties keep the earlier check): not the last check
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"]["agent"]["sharpe"] == pytest.approx(hist.sharpe[best], abs=1e-6)
+    # by hand: N = 5 checks, V their variance, the PSR of the selected checkpoint's validation returns
+    s = hist.sharpe.to_numpy()
+    bench = s.std(ddof=1) * expected_max(5)
+    led = pd.read_csv(run / "trades_val.csv")
+    excess = led.net_return.to_numpy() - (led.risk_free.to_numpy() if "risk_free" in led else 0.0)
+    dsr = probabilistic_sharpe_ratio(excess, bench, 252)
+    v = metrics["verdict"]["val"]
+    assert v["selected_from"] == 5 and v["expected_max_sharpe"] == pytest.approx(bench, rel=1e-6)
+    assert v["deflated_sharpe_ratio"] == pytest.approx(dsr, rel=1e-6)
+    report = " ".join((run / "report.md").read_text().split())
+    assert "selected on validation from all 5 validation checks" in report
+    assert f"is {dsr:.3f}" in report
+    assert np.isfinite(dsr)
+
+
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(

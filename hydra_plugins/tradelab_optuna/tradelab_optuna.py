@@ -11,8 +11,10 @@ processes or on several machines.
 
 After the last trial it writes, into the sweep directory: ``optimization_results.yaml`` (best
 parameters and value, as the plugin does), ``best_overrides.yaml`` (what ``from_sweep=<dir>`` applies),
-``trials.csv`` and ``sweep_report.md`` with the deflated Sharpe ratio of the best trial given the number
-of trials, and that trial's test-period verdict.
+``trials.csv`` (every trial's best *measured* validation Sharpe, never the curve fit's extrapolation, which
+has its own labelled column) and ``sweep_report.md`` with the deflated Sharpe ratio of the best trial
+given every validation check of every trial (:func:`src.stats.selection_benchmark`: the effective number
+of trials), and that trial's test-period verdict; no other trial's test figure is listed.
 """
 
 import json
@@ -106,6 +108,9 @@ class TradelabOptunaSweeper(Sweeper):
                     raise
                 continue
             trial.set_user_attr("run_dir", runs[trial.number])
+            # the run's selected checkpoint's validation Sharpe, as measured: a pruned trial's Optuna value is
+            # its last *reported* number, the curve fit's extrapolation, which is not a validation figure
+            trial.set_user_attr("val_sharpe", value)
             if pruned:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
@@ -118,8 +123,9 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
     import numpy as np
     import pandas as pd
 
-    from src.metrics import deflated_sharpe_ratio, expected_max_sharpe
+    from src.evaluation import excess_series
     from src.reporting import atomic_write
+    from src.stats import deflated_sharpe_ratio, selection_benchmark
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -130,7 +136,8 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
     # searched parameters and the sweep's fixed overrides (its env, budget, ...), but not the search overlay
     # itself nor settings of its stopping callbacks: from_sweep starts a plain run, without curve-fit stopping
     overlay = ("hparams_search", "callbacks.", "+callbacks.", "~callbacks.")
-    fixed = {k: v for k, v in best.user_attrs.items() if k != "run_dir" and not k.startswith(overlay)}
+    ours = ("run_dir", "val_sharpe")  # what this sweeper records; every other user attribute is a fixed override
+    fixed = {k: v for k, v in best.user_attrs.items() if k not in ours and not k.startswith(overlay)}
     params = {**best.params, **fixed}
     atomic_write(
         sweep_dir / "optimization_results.yaml",
@@ -141,29 +148,33 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
     rows = []
     for t in study.trials:
         run = Path(t.user_attrs.get("run_dir") or runs.get(t.number, ""))
-        m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+        hist = run / "val_history.csv"
+        checks = pd.read_csv(hist)["sharpe"].to_numpy(dtype=float) if hist.is_file() else np.zeros(0)
+        measured = t.user_attrs.get("val_sharpe", t.value if t.state == optuna.trial.TrialState.COMPLETE else None)
         rows.append(
             {
                 "trial": t.number,
                 "state": t.state.name,
-                "val_sharpe": t.value,
-                "test_sharpe": m.get("test", {}).get("agent", {}).get("sharpe"),
-                "last_reported": max(t.intermediate_values.items())[1] if t.intermediate_values else None,
+                "val_sharpe": measured,  # best measured validation Sharpe (the selected checkpoint's)
+                "val_checks": len(checks),
+                "curve_fit_prediction": max(t.intermediate_values.items())[1] if t.intermediate_values else None,
                 **t.params,
                 "run_dir": str(run),
+                "_checks": checks,
             }
         )
+    groups = [r.pop("_checks") for r in rows]
     table = pd.DataFrame(rows)
     atomic_write(sweep_dir / "trials.csv", table.to_csv(index=False, float_format="%.6g"))
 
-    # the best validation Sharpe among N trials is inflated by the selection itself: deflate it
+    # the best validation Sharpe among every check of every trial is inflated by the selection itself
     run = Path(best.user_attrs.get("run_dir", ""))
     info = json.loads((run / "run_info.json").read_text())
     bpy = float(info["data"]["bars_per_year"])
-    val_returns = pd.read_csv(run / "trades_val.csv")["net_return"].to_numpy()
-    finished = [r["val_sharpe"] for r in rows if r["state"] in ("COMPLETE", "PRUNED") and r["val_sharpe"] is not None]
-    sharpes = np.array([float(v) for v in finished] or [best.value])
-    dsr = deflated_sharpe_ratio(val_returns, sharpes, bpy)
+    val_returns = excess_series(pd.read_csv(run / "trades_val.csv"))
+    candidates = [g for g in groups if len(g)] or [np.array([best.value])]
+    bench = selection_benchmark(candidates, bpy)
+    dsr = deflated_sharpe_ratio(val_returns, candidates, bpy)
     verdict = json.loads((run / "metrics.json").read_text()).get("verdict", {}).get("sentence", "")
     shown = table.drop(columns=["run_dir"]).to_string(index=False, float_format=lambda v: f"{v:.4g}")
     md = f"""# Optuna sweep: {study.study_name}
@@ -174,11 +185,20 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
 Best trial {best.number}: validation Sharpe {best.value:.3f} with `{" ".join(f"{k}={v}" for k, v in params.items())}`
 (run: `{run}`). Start a run from these parameters with `python -m src.train from_sweep={sweep_dir}`.
 
-Selection among {len(sharpes)} trials: by luck alone the best would reach a validation Sharpe of about
-{expected_max_sharpe(sharpes, bpy):.3f} (the trials' Sharpe spread, Bailey & López de Prado 2014). Deflated
-Sharpe ratio of the best trial: **{dsr:.3f}** (the probability its true validation Sharpe beats that bar).
+Selection: the best trial's checkpoint is the best of {bench["checks"]} validation checks over {bench["trials"]}
+trials. Checks of one trial are correlated, so they count as **{bench["effective_trials"]:.1f} effective trials**
+(a trial of m checks counts ρ + (1 − ρ)·m, ρ the share of the checks' Sharpe variance that lies between trials;
+`src/stats.py`, `selection_benchmark`). By luck alone the best would reach a validation Sharpe of about
+{bench["expected_max_sharpe"]:.3f} (√V·E[max of N], Bailey & López de Prado 2014, with V = {bench["sharpe_std"]:.3f}²
+the variance of every check's Sharpe). Deflated Sharpe ratio of the best trial: **{dsr:.3f}** (the probability that
+its true validation Sharpe beats that bar).
 
 Its test period, evaluated once: {verdict}
+
+Only the selected trial's test period is reported: choosing among trials by their test figures would
+make the test split a second validation split. `val_sharpe` is each trial's best measured validation
+Sharpe; `curve_fit_prediction` is the curve fit's extrapolation to the end of the budget (what the pruner
+saw), not a measurement.
 
 ```
 {shown}
@@ -186,6 +206,6 @@ Its test period, evaluated once: {verdict}
 """
     atomic_write(sweep_dir / "sweep_report.md", md)
     log.info(
-        f"best trial {best.number}: val Sharpe {best.value:.3f}, deflated Sharpe ratio {dsr:.3f}; "
-        f"{sweep_dir / 'sweep_report.md'}"
+        f"best trial {best.number}: val Sharpe {best.value:.3f}, deflated Sharpe ratio {dsr:.3f} "
+        f"({bench['effective_trials']:.1f} effective trials); {sweep_dir / 'sweep_report.md'}"
     )

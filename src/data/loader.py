@@ -13,7 +13,11 @@ Policies, stated once:
   only close: an adjusted close cannot be mixed with unadjusted open/high/low.
 * **Time zones**: timestamps with a UTC offset are converted to UTC (offsets
   may differ, e.g. across daylight saving); timestamps without one are UTC.
-  A file mixing the two is refused: the naive ones would be ambiguous.
+  A file mixing the two is refused: the naive ones would be ambiguous. Each
+  row's offset as written is kept in the ``utc_offset`` column (minutes east
+  of UTC; 0 for ``Z`` and naive times): the trading calendar (weekdays, bars
+  per day) is the market's own local one, not UTC's
+  (:func:`src.data.market.infer_calendar`).
 * **Gaps**: rows are consecutive bars whatever the clock says; the return
   from one row to the next is what a position held across the gap earns (a
   weekend, a holiday, a halt). Irregular session bars are accepted (Yahoo's
@@ -73,6 +77,13 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _offset_minutes(ts_text: pd.Series) -> np.ndarray:
+    """Minutes east of UTC of each timestamp as written (``+01:00`` -> 60, ``Z`` or none -> 0)."""
+    parts = ts_text.str.extract(r"([+-])(\d\d):?(\d\d)$")
+    hours, minutes = (pd.to_numeric(parts[k], errors="coerce").fillna(0).to_numpy(np.float64) for k in (1, 2))
+    return np.where(parts[0] == "-", -1.0, 1.0) * (hours * 60 + minutes)
+
+
 def load_ohlcv(path: str | Path, max_gap: str | None = None, max_file_mb: float = 1024.0) -> pd.DataFrame:
     """Read an OHLCV CSV and validate it (see the module docstring for the policies).
 
@@ -83,7 +94,8 @@ def load_ohlcv(path: str | Path, max_gap: str | None = None, max_file_mb: float 
 
     Returns:
         DataFrame with a UTC ``DatetimeIndex`` named ``timestamp`` and float64
-        columns ``open, high, low, close, volume``.
+        columns ``open, high, low, close, volume`` and ``utc_offset`` (minutes,
+        as written).
 
     Raises:
         DataError: naming the file, line and problem.
@@ -199,6 +211,7 @@ def validate_ohlcv(raw: pd.DataFrame, name: str, max_gap: str | None = None) -> 
 
     index = pd.DatetimeIndex(ts, name="timestamp")
     df = pd.DataFrame(values, index=index)
+    df["utc_offset"] = _offset_minutes(ts_text)
     if len(df) > 2:
         step = pd.Series(index).diff()
         bar = step.median()

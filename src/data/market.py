@@ -44,22 +44,55 @@ class Costs:
         return (self.commission_bps + self.spread_bps / 2 + self.slippage_bps) / 1e4
 
 
-def infer_bars_per_year(ts: pd.DatetimeIndex) -> float:
-    """Bars per year from the bar size: 252 trading days, or 365 if the market trades on weekends.
+WEEKDAY_MARKET = 0.005  # at most this share of bars on a Saturday or Sunday: a weekday market (252 days)
+SEVEN_DAY_MARKET = (0.2, 0.35)  # a 7-day market has 2/7 = 28.6% of its bars on weekends (365 days)
 
-    Daily stock bars give 252; hourly 24/7 crypto 24 * 365 = 8760; 15-minute
-    regular-session stock bars 26 * 252 = 6552.
+
+def infer_calendar(ts: pd.DatetimeIndex, source: str = "data", need_bars_per_year: bool = True) -> tuple[float, int]:
+    """Bars per year and bars per trading day, from timestamps *as written* (local wall-clock time).
+
+    The trading days a year come from the share of bars on a Saturday or Sunday in the data's own local
+    calendar: about none gives 252 (a weekday market), about 2/7 gives 365 (a 7-day market); anything
+    between (e.g. an FX file with Sunday-evening opens) is ambiguous and refused, asking for
+    ``env.bars_per_year``. (Converting to UTC first would move a ``T00:00+01:00`` weekday bar to the
+    previous day, put a fifth of the bars on weekends and annualise as 365.) Daily bars give 252 or 365;
+    intraday bars the median number of bars per local date times the days: 26 x 252 = 6552 for 15-minute
+    regular-session stock bars, 24 x 365 = 8760 for hourly 24/7 crypto; weekly or coarser, calendar time.
     """
     if len(ts) < 3:
-        raise DataError("too few bars to infer the bar size")
+        raise DataError(f"{source}: too few bars to infer the bar size")
     step = pd.Series(ts).diff().median()
-    days = 365.0 if (ts.dayofweek >= 5).mean() > 0.01 else 252.0
+    per_day = int(max(pd.Series(1, index=ts).groupby(ts.normalize()).size().median(), 1))
     if step >= pd.Timedelta(days=5):
-        return 365.25 / (step / pd.Timedelta(days=1))  # weekly or coarser: calendar based
+        return 365.25 / (step / pd.Timedelta(days=1)), 1  # weekly or coarser: calendar based
+    weekend = float((ts.day_of_week >= 5).mean())
+    if weekend <= WEEKDAY_MARKET:
+        days = 252.0
+    elif SEVEN_DAY_MARKET[0] <= weekend <= SEVEN_DAY_MARKET[1]:
+        days = 365.0
+    elif need_bars_per_year:
+        raise DataError(
+            f"{source}: cannot infer bars per year: {100 * weekend:.1f}% of the bars fall on a Saturday or Sunday "
+            f"in the file's own local time (a weekday market has none, a 7-day market 28.6%); set env.bars_per_year"
+        )
+    else:
+        days = 252.0  # not used: env.bars_per_year is given
     if step >= pd.Timedelta(hours=20):
-        return days
-    per_day = pd.Series(1, index=ts).groupby(ts.normalize()).size().median()
-    return float(per_day * days)
+        return days, 1
+    return float(per_day * days), per_day
+
+
+def infer_bars_per_year(ts: pd.DatetimeIndex) -> float:
+    """Bars per year of timestamps as written (see :func:`infer_calendar`)."""
+    return infer_calendar(ts)[0]
+
+
+def local_time(bars: pd.DataFrame) -> pd.DatetimeIndex:
+    """The bars' timestamps as written in the file: the UTC index moved by each row's ``utc_offset``."""
+    ts = bars.index.tz_convert(None) if bars.index.tz is not None else bars.index
+    if "utc_offset" not in bars:
+        return ts
+    return ts + pd.to_timedelta(bars["utc_offset"].to_numpy(), unit="min")
 
 
 @dataclass
@@ -86,6 +119,7 @@ class Market:
     position_limits: tuple[float, float] = (-1.0, 1.0)
     leak_next_return: bool = False
     feature_names: tuple[str, ...] = FEATURE_NAMES
+    bars_per_day: int = 1  # trading-day length in bars (the bootstrap's shortest block)
 
     @property
     def num_features(self) -> int:
@@ -113,6 +147,7 @@ class Market:
             "sha256": self.data_hash,
             "bars": len(ts),
             "bars_per_year": self.bars_per_year,
+            "bars_per_day": self.bars_per_day,
             "cost_rate": self.costs.rate,
             "fill": self.fill,
             "position_limits": list(self.position_limits),
@@ -172,6 +207,9 @@ def build_market(
         )
     costs = costs if isinstance(costs, Costs) else Costs(**(costs or {}))
     split = dict(split or {"train": 0.7, "val": 0.15})
+    if bars_per_year is not None and not (isinstance(bars_per_year, int | float) and bars_per_year > 0):
+        raise ConfigError(f"env.bars_per_year must be a number > 0 (or null: inferred), got {bars_per_year!r}")
+    inferred, per_day = infer_calendar(local_time(bars), source, need_bars_per_year=bars_per_year is None)
     feats = compute_features(bars).iloc[warmup_bars() :]
     bars = bars.iloc[warmup_bars() :]
     n = len(bars)
@@ -221,7 +259,8 @@ def build_market(
         window=window,
         costs=costs,
         fill=fill,
-        bars_per_year=float(bars_per_year or infer_bars_per_year(bars.index)),
+        bars_per_year=float(bars_per_year or inferred),
+        bars_per_day=per_day,
         episode_length=episode_length,
         min_trade=min_trade,
         min_equity=min_equity,
