@@ -16,7 +16,8 @@ A bar is represented by five parts, so that any transform of them rebuilds a val
 Transforms (Um et al., 2017; Le Guennec et al., 2016; Zhang et al., 2018; Yun et al., 2019), each
 applied to an episode with its own probability ``p``:
 
-- ``Jitter``: Gaussian noise on gap and body, ``sigma`` times the episode's own return std.
+- ``Jitter``: Gaussian noise on gap and body, ``sigma`` times their trailing RMS over the path's previous
+  ``lookback`` bars: causal, so a bar's noise says nothing about the volatility that follows it.
 - ``MagnitudeWarp``: gap, body and wicks times a smooth random curve around 1 (cubic through
   ``knots`` random knots, std ``sigma``): volatility varies smoothly along the path.
 - ``TimeWarp``: whole bars resampled along a smooth random time distortion (speed = a smooth
@@ -114,13 +115,25 @@ class Transform(ABC):
 class Jitter(Transform):
     name = "jitter"
 
-    def __init__(self, p: float = 0.5, sigma: float = 0.1) -> None:
+    def __init__(self, p: float = 0.5, sigma: float = 0.1, lookback: int = 20) -> None:
         super().__init__(p)
-        self.sigma = float(sigma)
+        if lookback < 1:
+            raise ValueError(f"augmentation jitter: lookback must be >= 1, got {lookback}")
+        self.sigma, self.lookback = float(sigma), int(lookback)
+
+    @staticmethod
+    def trailing_rms(r: torch.Tensor, lookback: int) -> torch.Tensor:
+        """(B, S, C) -> RMS of each series over the ``lookback`` bars *before* each bar (bar 0: its own size)."""
+        c = torch.cat([torch.zeros_like(r[:, :1]), torch.cumsum(r**2, dim=1)], dim=1)  # c[t] = sum over s < t
+        t = torch.arange(r.shape[1], device=r.device)
+        lo = (t - lookback).clamp_min(0)
+        count = (t - lo).clamp_min(1).to(r.dtype)[None, :, None]
+        ms = (c[:, t] - c[:, lo]) / count
+        return torch.where(t[None, :, None] > 0, ms, r**2).sqrt()
 
     def apply(self, x, gen):
         y = x.clone()
-        sd = x[..., RETURNS].std(dim=1, keepdim=True)
+        sd = self.trailing_rms(x[..., RETURNS], self.lookback)
         noise = torch.randn(x.shape[0], x.shape[1], 2, generator=gen, device=x.device, dtype=x.dtype)
         y[..., RETURNS] += self.sigma * sd * noise
         return y, {"sigma": torch.full((x.shape[0],), self.sigma, dtype=x.dtype, device=x.device)}

@@ -27,7 +27,11 @@ from src.verdict import verdict
 
 
 def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
-    """Load a checkpoint with its market (the checkpoint's env, or ``env_cfg`` with the same window)."""
+    """Load a checkpoint with its market (the checkpoint's env, or ``env_cfg`` with the same window).
+
+    On the checkpoint's own env the data file must be the one it was trained on (its SHA-256): the
+    normalisation statistics and the splits come from that file, so a changed file is refused.
+    """
     try:
         ckpt = load_checkpoint(ckpt_path)  # weights_only with an allow-list: a tampered file is refused
     except ConfigError as e:
@@ -37,8 +41,17 @@ def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
     except (KeyError, TypeError):
         raise ConfigError(f"ckpt_path: {ckpt_path} is not a tradelab checkpoint (no hyper_parameters.cfg)") from None
     train_cfg = OmegaConf.create(cfg)
-    env = OmegaConf.merge(env_cfg, {"window": train_cfg.env.window}) if env_cfg else train_cfg.env
+    # another env keeps the model's window and position limits (the policy's support): it was built for them
+    keep = {"window": train_cfg.env.window, "position_limits": train_cfg.env.position_limits}
+    env = OmegaConf.merge(env_cfg, keep) if env_cfg else train_cfg.env
     module = PPOModule(cfg, build(env))
+    saved = ckpt.get("tradelab", {}).get("market", {}).get("sha256")
+    if not env_cfg and saved is not None and saved != module.market.data_hash:
+        raise ConfigError(
+            f"ckpt_path: the checkpoint was trained on data with SHA-256 {saved[:12]}..., but "
+            f"{module.market.source} now has {module.market.data_hash[:12]}...: the data changed (its splits and "
+            "normalisation with it); evaluate it with env=... to test it on other data deliberately"
+        )
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()
 
@@ -59,7 +72,9 @@ def evaluate(cfg: DictConfig) -> dict:
         "data": market.describe(),
     }
     title = f"{market.name}: re-evaluation of {Path(cfg.ckpt_path).name} on the {cfg.split} split"
-    judged = verdict(results, market.bars_per_year, bars_per_day=market.bars_per_day)
+    # in sample: the checkpoint's own training or validation bars (another env's splits were never seen)
+    in_sample = not cfg.get("env") and cfg.split in ("train", "val")
+    judged = verdict(results, market.bars_per_year, bars_per_day=market.bars_per_day, in_sample=in_sample)
     table = write_run_outputs(run_dir, results, info["command"], info, title, judged)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)
     return json.loads((run_dir / "metrics.json").read_text())

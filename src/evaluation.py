@@ -1,8 +1,12 @@
 """Deterministic evaluation over a whole split, for the agent and the baselines.
 
 The agent, buy-and-hold (weight 1 from the first bar) and flat (weight 0) run
-through the *same* env, with the same costs and fills, so the comparison is
-like for like. An episode that goes bankrupt stays flat for the rest of the split.
+through the *same* env, with the same costs, fills, financing and dividends, so
+the comparison is like for like. Buy-and-hold is always 100% long the asset,
+whatever the agent's ``env.position_limits``; when the agent cannot hold that
+much, ``max_long`` (its largest long weight, held throughout) is evaluated too
+and labelled as such. An episode that goes bankrupt stays flat for the rest of
+the split.
 """
 
 from __future__ import annotations
@@ -18,8 +22,17 @@ from src.envs.market_env import MarketEnv, Obs
 from src.metrics import compute_metrics, excess_returns
 
 Policy = Callable[[Obs], torch.Tensor]
-BASELINES = {"buy_and_hold": 1.0, "flat": 0.0}
-COLUMNS = ("price", "position", "turnover", "cost", "gross_return", "net_return", "equity")
+COLUMNS = (
+    "price", "position", "turnover", "cost", "gross_return", "dividend", "financing", "net_return", "risk_free",
+    "equity",
+)  # fmt: skip
+
+
+def baselines(market: Market) -> dict[str, float]:
+    """The fixed weights evaluated beside the agent: buy-and-hold, flat and, when the agent's largest long
+    weight is below 1, that weight (``max_long``: the most of buy-and-hold the agent could have held)."""
+    hi = market.position_limits[1]
+    return {"buy_and_hold": 1.0, **({"max_long": hi} if hi < 1 else {}), "flat": 0.0}
 
 
 @dataclass
@@ -39,13 +52,17 @@ def run_policies(market: Market, split: str, policy: Policy | None) -> dict[str,
     """
     agents = list(getattr(policy, "names", ["agent"])) if policy is not None else []
     n_agents = len(agents)
-    names = agents + list(BASELINES)
-    fixed = torch.tensor([BASELINES[k] for k in BASELINES], device=market.device)
-    env = MarketEnv(market, split, num_envs=len(names), random_start=False)
+    fixed_weights = baselines(market)
+    names = agents + list(fixed_weights)
+    fixed = torch.tensor(list(fixed_weights.values()), device=market.device)
+    lo, hi = market.position_limits
+    inf = float("inf")  # the baselines hold their weight whatever the agent's limits
+    lows = torch.tensor([lo] * n_agents + [-inf] * len(fixed), device=market.device)
+    highs = torch.tensor([hi] * n_agents + [inf] * len(fixed), device=market.device)
+    env = MarketEnv(market, split, num_envs=len(names), random_start=False, limits=(lows, highs))
     obs = env.reset()
-    rows: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("t", "position", "turnover", "cost", "gross_return", "net_return", "equity")
-    }
+    keys = ("t", "position", "turnover", "cost", "gross_return", "dividend", "financing", "net_return", "risk_free")
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, "equity")}
     alive = torch.ones(len(names), dtype=torch.bool, device=market.device)
     for _ in range(env.max_len):
         action = torch.cat([policy(_first(obs, n_agents)).reshape(n_agents), fixed]) if policy is not None else fixed

@@ -92,6 +92,7 @@ class PPOModule(L.LightningModule):
             raise ConfigError("replay=her with an ensemble is not supported: use one goal-conditioned model")
         goal = {"goal_dim": 2} if her else {}
         shape = {"num_features": market.num_features, "window": market.window, **goal}
+        shape["action_range"] = tuple(market.position_limits)  # the policy's support is what the env allows
         self.ensemble: EnsembleConfig | None = build(self.cfg.ensemble) if self.cfg.get("ensemble") else None
         if self.ensemble is not None and self.ensemble.size > 1:  # N members, one batched model
             self.model = Ensemble([build(self.cfg.model, **shape) for _ in range(self.ensemble.size)], self.ensemble)

@@ -33,7 +33,8 @@ TABLE_METRICS = (
     ("turnover", "turnover / yr", "num"),
     ("exposure", "exposure", "pct"),
 )
-NAMES = ("agent", "buy_and_hold", "flat")
+NAMES = ("agent", "buy_and_hold", "max_long", "flat")
+LABELS = {"agent": "agent", "buy_and_hold": "buy and hold", "max_long": "max long within limits", "flat": "flat"}
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
@@ -57,7 +58,7 @@ def _fmt(v: float, kind: str) -> str:
 def metrics_table(results: dict[str, dict[str, EvalResult]]) -> str:
     """Markdown table: one row per metric, one column per (split, policy)."""
     cols = [(s, n) for s in results for n in NAMES if n in results[s]]
-    head = "| metric | " + " | ".join(f"{s} {n.replace('_', ' ')}" for s, n in cols) + " |"
+    head = "| metric | " + " | ".join(f"{s} {LABELS[n]}" for s, n in cols) + " |"
     lines = [head, "|---|" + "---:|" * len(cols)]
     for key, label, kind in TABLE_METRICS:
         lines.append(f"| {label} | " + " | ".join(_fmt(results[s][n].metrics[key], kind) for s, n in cols) + " |")
@@ -83,15 +84,12 @@ def metrics_payload(results: dict[str, dict[str, EvalResult]]) -> dict:
 def equity_figure(res: dict[str, EvalResult], title: str):
     """Equity of the agent, buy-and-hold and flat, with the drawdowns underneath."""
     fig, (ax, dd) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for name, style in (("agent", "-"), ("buy_and_hold", "--"), ("flat", ":")):
+    for name, style in (("agent", "-"), ("buy_and_hold", "--"), ("max_long", "-."), ("flat", ":")):
         if name not in res:
             continue
         eq = res[name].ledger["equity"]
         ax.plot(
-            eq.index,
-            eq.to_numpy(),
-            style,
-            label=f"{name.replace('_', ' ')} ({_fmt(res[name].metrics['total_return'], 'pct')})",
+            eq.index, eq.to_numpy(), style, label=f"{LABELS[name]} ({_fmt(res[name].metrics['total_return'], 'pct')})"
         )
         peak = np.maximum.accumulate(np.maximum(eq.to_numpy(), 1.0))
         dd.plot(eq.index, eq.to_numpy() / peak - 1, style)
@@ -139,6 +137,32 @@ def significance_table(v: dict) -> str:
         if any(key in v[s] for s in splits):
             lines.append(f"| {label} | " + " | ".join(_fmt(v[s].get(key), kind) for s in splits) + " |")
     return "\n".join(lines)
+
+
+def assumption_lines(data: dict) -> list[str]:
+    """The market model behind every figure: fills, costs, financing, dividends, limits, annualisation."""
+    c = data.get("costs")
+    if not c:
+        return []
+    lo, hi = data.get("position_limits", [-1.0, 1.0])
+    fill = {"open": "at the next bar's open", "close": "at the decision bar's close (optimistic)"}
+    lines = [
+        "## Assumptions",
+        "",
+        f"- fills {fill.get(data.get('fill'), data.get('fill'))}; position limits [{lo:g}, {hi:g}] of equity",
+        f"- trading costs per unit traded: commission {c['commission_bps']:g} bp + half the {c['spread_bps']:g} bp "
+        f"spread + slippage {c['slippage_bps']:g} bp = {1e4 * c['cost_per_unit_traded']:g} bp",
+        f"- cash (short-sale proceeds included) earns {c['cash_rate_bps']:g} bp a year, the risk-free rate of every "
+        "Sharpe ratio here (excess returns)",
+        f"- shorts pay a borrow fee of {c['borrow_bps']:g} bp a year on their market value; borrowed cash "
+        f"(weights above 1) pays {c['margin_rate_bps']:g} bp a year",
+        "- financing accrues on the weight held overnight, over calendar time (ACT/365: a weekend is three days)",
+        f"- dividends: {c['dividends']}",
+        f"- annualisation: {data.get('bars_per_year', 0):g} bars a year ({data.get('bars_per_day', 1)} a trading day), "
+        "from the file's own local calendar unless env.bars_per_year is set",
+        "",
+    ]
+    return lines
 
 
 def selection_lines(v: dict) -> list[str]:
@@ -198,6 +222,7 @@ def write_run_outputs(
         led = res["agent"].ledger.copy()
         led.insert(1, "buy_and_hold_equity", res["buy_and_hold"].ledger["equity"])
         led.insert(2, "buy_and_hold_net_return", res["buy_and_hold"].ledger["net_return"])
+        led.insert(3, "buy_and_hold_dividend", res["buy_and_hold"].ledger["dividend"])
         atomic_write(run_dir / f"trades_{split}.csv", led.to_csv(index_label="timestamp", float_format="%.10g"))
     table = metrics_table(results)
     payload = metrics_payload(results)
@@ -221,8 +246,10 @@ def write_run_outputs(
         "",
         table,
         "",
-        "Costs are charged on every trade; buy-and-hold and flat run through the same env and costs.",
+        "Costs are charged on every trade; buy-and-hold and flat run through the same env, costs, financing and "
+        "dividends. Buy-and-hold is 100% long the asset throughout, whatever the agent's position limits.",
         "",
+        *assumption_lines(info.get("data", {})),
     ]
     if verdict is not None:
         lines += [

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks import GracefulInterrupt, Interrupted
 from src.checkpoint import AtomicCheckpointIO
+from src.config_check import check_run, hydra_choices
 from src.errors import ConfigError, TradelabError
 from src.lit_module import PPOModule
 from src.profit_target import ProfitTarget
@@ -99,12 +100,14 @@ def train(cfg: DictConfig) -> float:
     elif (run_dir / "metrics.json").exists():
         raise ConfigError(f"{run_dir} already holds a finished run (metrics.json); refusing to overwrite it")
     try:
+        check_run(cfg, {} if resume else hydra_choices())  # bad values stop here, before anything is written
         return _train(cfg, run_dir, resume)
-    except TradelabError as e:
+    except Exception as e:  # a bad value, bad data, or anything unforeseen: never leave a half-written run
         if not _rank_zero() or (run_dir / "metrics.json").exists():
             raise
         if resume or any((run_dir / "checkpoints").glob("*.ckpt")):  # keep the checkpoints, mark the failure
-            atomic_write(run_dir / "FAILED", f"{e}\n")
+            why = str(e) if isinstance(e, TradelabError) else f"{type(e).__name__}: {e}"
+            atomic_write(run_dir / "FAILED", why + "\n")
         else:
             shutil.rmtree(run_dir, ignore_errors=True)  # leave nothing that looks like a run
         raise

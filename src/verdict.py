@@ -75,6 +75,7 @@ def verdict(
     val_sharpes: Sequence[float] = (),
     level: float = 0.95,
     bars_per_day: int = 1,
+    in_sample: bool | None = None,
 ) -> dict:
     """Significance of every split, and the one-sentence verdict on the test period (else the last split).
 
@@ -85,6 +86,7 @@ def verdict(
             Sharpe ratio of the validation figure); empty when unknown.
         level: the confidence the paired test must reach.
         bars_per_day: the bootstrap's shortest block (a trading day of intraday bars).
+        in_sample: whether the judged split trained or selected the agent (None: a train or val split is).
     """
     out = {s: split_significance(res, bars_per_year, level, bars_per_day=bars_per_day) for s, res in results.items()}
     if "val" in out and len(val_sharpes) > 0:
@@ -94,11 +96,11 @@ def verdict(
     beat = t["p_value_vs_bh"] <= 1 - level
     out["level"] = level
     out["judged_split"] = judged
-    out["in_sample"] = judged in IN_SAMPLE
+    out["in_sample"] = (judged in IN_SAMPLE) if in_sample is None else bool(in_sample)
     out["beat_buy_and_hold"] = bool(beat)
     where = f"{judged} period ({t['first'][:10]} to {t['last'][:10]}, {t['bars']} bars)"
-    if judged in IN_SAMPLE:
-        where += f" ({IN_SAMPLE[judged]})"
+    if out["in_sample"]:
+        where += f" ({IN_SAMPLE.get(judged, 'IN SAMPLE')})"
     pct = f"{100 * level:.0f}%"
     out["sentence"] = (
         f"On the {where} the agent {'BEAT' if beat else 'did NOT beat'} buy-and-hold at the {pct} level: Sharpe "

@@ -93,9 +93,18 @@ def walk_forward(cfg: DictConfig) -> dict:
                 "bh_test_return": m["test"]["buy_and_hold"]["total_return"],
             }
         )
-        agent.append(led[["position", "turnover", "net_return"]])
+        agent.append(led[["position", "turnover", "net_return", "risk_free"]])
         entry = [1.0] + [0.0] * (len(led) - 1)  # buy-and-hold enters at each fold's start, as the fold does
-        bh.append(pd.DataFrame({"position": 1.0, "turnover": entry, "net_return": led["buy_and_hold_net_return"]}))
+        bh.append(
+            pd.DataFrame(
+                {
+                    "position": 1.0,
+                    "turnover": entry,
+                    "net_return": led["buy_and_hold_net_return"],
+                    "risk_free": led["risk_free"],
+                }
+            )
+        )
     with open_dict(cfg):
         cfg.hydra = hydra_node
     HydraConfig.instance().set_config(cfg)

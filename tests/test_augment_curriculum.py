@@ -80,7 +80,25 @@ def test_jitter_adds_noise_of_the_stated_size_to_returns_only():
     y, _ = Jitter(sigma=0.1).apply(x, torch.Generator().manual_seed(2))
     assert torch.equal(y[..., 2:], x[..., 2:])  # wicks and volume untouched
     ratio = (y - x)[..., :2].std(dim=1) / x[..., :2].std(dim=1)
-    assert float(ratio.mean()) == pytest.approx(0.1, rel=0.05)
+    assert float(ratio.mean()) == pytest.approx(0.1, rel=0.1)
+    # bar by bar: noise / trailing RMS of the 20 bars before is standard normal, times sigma
+    rms = Jitter.trailing_rms(x[..., :2], 20)
+    z = ((y - x)[:, 20:, :2] / rms[:, 20:]).flatten()
+    assert float(z.std()) == pytest.approx(0.1, rel=0.05)
+    r = torch.tensor([[[3.0], [4.0], [0.0], [5.0]]])
+    torch.testing.assert_close(  # by hand: bar 0 its own size; then sqrt(9/1), sqrt(25/2), sqrt(25/2) (lookback 2)
+        Jitter.trailing_rms(r, 2).flatten(), torch.tensor([3.0, 3.0, (12.5) ** 0.5, (8.0) ** 0.5])
+    )
+
+
+def test_jitter_noise_is_causal():
+    # the noise on bars up to t must not depend on the bars after t (the old scale, the path's whole std, did)
+    x = _real_parts(128)
+    later = x.clone()
+    later[:, 64:, :2] *= 3.0  # a violent second half
+    a, _ = Jitter(sigma=0.1).apply(x, torch.Generator().manual_seed(5))
+    b, _ = Jitter(sigma=0.1).apply(later, torch.Generator().manual_seed(5))
+    torch.testing.assert_close((a - x)[:, :64], (b - later)[:, :64], rtol=0, atol=0)
 
 
 def test_magnitude_warp_changes_return_variance():

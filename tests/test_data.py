@@ -289,7 +289,7 @@ def test_too_few_rows_for_the_splits(tmp_path, csv_text):
 
 def test_position_limits_are_validated_and_enforced(bars):
     with pytest.raises(ConfigError, match=r"env.position_limits must satisfy"):
-        build_market(bars, name="x", source="mem", data_hash="0", window=10, position_limits=[-1.5, 1.0])
+        build_market(bars, name="x", source="mem", data_hash="0", window=10, position_limits=[-11, 1.0])
     with pytest.raises(ConfigError, match=r"env.position_limits must satisfy"):
         build_market(bars, name="x", source="mem", data_hash="0", window=10, position_limits=[0.2, 1.0])
     from src.envs.market_env import MarketEnv
@@ -304,3 +304,33 @@ def test_position_limits_are_validated_and_enforced(bars):
 def test_max_gap_must_be_a_duration():
     with pytest.raises(ConfigError, match="env.max_gap must be a duration like 10D or 6h, got 'soon'"):
         load_market("data/tsla_daily.csv", max_gap="soon")
+
+
+def test_a_dividend_column_is_read_and_paid_on_its_ex_date(tmp_path, csv_text):
+    lines = csv_text.splitlines()
+    rows = [lines[0] + ",Dividends"] + [r + ("," + ("0.5" if i == 200 else "")) for i, r in enumerate(lines[1:])]
+    df = load_ohlcv(write_csv(tmp_path / "div.csv", "\n".join(rows) + "\n"))
+    assert df["dividend"].sum() == 0.5 and df["dividend"].iloc[200] == 0.5  # empty cells are no dividend
+    m = build_market(df, name="x", source="div.csv", data_hash="0", window=10)
+    k = int(np.flatnonzero(m.dividend.numpy())[0])
+    assert m.bars.index[k] == df.index[200]
+    assert m.dividend[k].item() == pytest.approx(0.5 / m.bars["close"].iloc[k - 1], rel=1e-6)  # over the last close
+    assert "1 payment" in m.describe()["costs"]["dividends"] and m.has_income
+    assert "no dividend column" in build_market(df.drop(columns="dividend"), name="x", source="s", data_hash="0",
+                                                window=10).describe()["costs"]["dividends"]  # fmt: skip
+    bad = [lines[0] + ",dividend"] + [r + ("," + ("-1" if i == 5 else "0")) for i, r in enumerate(lines[1:])]
+    with pytest.raises(DataError, match=r"line 7: column dividend must be a number >= 0"):
+        load_ohlcv(write_csv(tmp_path / "bad.csv", "\n".join(bad) + "\n"))
+
+
+def test_costs_are_numbers_with_a_one_line_error():
+    from src.data.costs import Costs
+
+    with pytest.raises(ConfigError, match=r"env.costs.commission_bps must be a finite number, got 'abc'"):
+        Costs(commission_bps="abc")
+    with pytest.raises(ConfigError, match=r"env.costs.borrow_bps must be >= 0, got -1"):
+        Costs(borrow_bps=-1)
+    c = Costs(commission_bps=1, spread_bps=2, slippage_bps=1, cash_rate_bps=450, borrow_bps=30, margin_rate_bps=600)
+    assert c.rate == pytest.approx(3e-4) and (c.cash_rate, c.borrow_rate, c.margin_rate) == pytest.approx(
+        (0.045, 0.003, 0.06)
+    )

@@ -15,7 +15,9 @@ OPEN = [100.0, 102.0, 103.0, 99.0, 100.0, 111.0]
 CLOSE = [100.0, 104.0, 101.0, 100.0, 110.0, 108.0]
 
 
-def hand_market(fill: str = "open", min_trade: float = 0.0, window: int = 1) -> Market:
+def hand_market(
+    fill: str = "open", min_trade: float = 0.0, window: int = 1, costs: dict | None = None, **extra
+) -> Market:
     """Six bars with a 1-bar window: decisions on bars 0..4 realise bars 1..5 (10 bps per unit traded)."""
     o, c = np.array(OPEN), np.array(CLOSE)
     pre, post = np.zeros(6), np.zeros(6)
@@ -38,7 +40,7 @@ def hand_market(fill: str = "open", min_trade: float = 0.0, window: int = 1) -> 
         post=torch.tensor(post, dtype=torch.float32),
         splits={"train": (0, 6), "val": (0, 6), "test": (0, 6)},
         window=window,
-        costs=Costs(commission_bps=5, spread_bps=4, slippage_bps=3),
+        costs=Costs(commission_bps=5, spread_bps=4, slippage_bps=3, **(costs or {})),
         fill=fill,
         bars_per_year=252,
         episode_length=100,
@@ -46,6 +48,7 @@ def hand_market(fill: str = "open", min_trade: float = 0.0, window: int = 1) -> 
         min_equity=0.05,
         norm_mean=np.zeros(2),
         norm_std=np.ones(2),
+        **extra,
     )
 
 
@@ -92,6 +95,96 @@ def test_five_bar_accounting_with_costs_fill_at_open():
     assert steps[-1]["equity"] == pytest.approx(np.prod(growth), rel=1e-6)
     assert [s["trunc"] for s in steps] == [False] * 4 + [True]  # the end of the data truncates
     assert not any(s["term"] for s in steps)
+
+
+FINANCED = {"cash_rate_bps": 400, "borrow_bps": 100, "margin_rate_bps": 600}  # 4%, 1% and 6% a year
+# Thu, Fri, then Mon (a weekend: three days of interest), Tue, Wed, Thu
+DATES = pd.DatetimeIndex(["2024-01-04", "2024-01-05", "2024-01-08", "2024-01-09", "2024-01-10", "2024-01-11"], tz="UTC")
+
+
+def financed_market(fill: str = "open") -> Market:
+    """The hand market with financing, leverage up to 2, and a $1 dividend going ex on Monday (bar 2)."""
+    from src.data.costs import accrual_years
+
+    div = np.array([0, 0, 1.0 / 104, 0, 0, 0])  # $1 on bar 2, over bar 1's close of 104
+    m = hand_market(fill, costs=FINANCED, position_limits=(-2.0, 2.0))
+    m.bars.index = DATES
+    m.dividend = torch.tensor(div, dtype=torch.float32)
+    m.accrual = torch.tensor(accrual_years(DATES), dtype=torch.float32)
+    return m
+
+
+def test_financing_and_dividends_hand_computed():
+    rate, cash, borrow, margin = 10 / 1e4, 0.04, 0.01, 0.06
+    day, weekend = 1 / 365, 3 / 365
+    steps = run(financed_market(), [1.0, 2.0, -0.5, 0.0, 0.5])
+    # bar 1 (Thu -> Fri): flat cash earns a day's interest; then buy 1.0 at 102, hold to 104
+    fin1 = cash * day
+    g1 = (1 + fin1) * (1 - rate) * (104 / 102)
+    # bar 2 (over the weekend; ex-dividend Monday): 1.0 held pays no interest (no cash) and receives $1 on 104;
+    # the open drops 104 -> 103 by the dividend, so equity is unchanged before the fill: 1 - 1/104 + 1/104
+    div2 = 1 / 104
+    a2 = 1 + (103 / 104 - 1) + div2
+    w2 = (103 / 104) / a2  # the dividend went to cash: the weight drifts below 1
+    g2 = a2 * (1 - (2.0 - w2) * rate) * (1 + 2.0 * (101 / 103 - 1))  # lever up to 2 at 103, hold to 101
+    p3 = 2.0 * (101 / 103) / (1 + 2.0 * (101 / 103 - 1))  # the levered weight drifts (above 2)
+    # bar 3 (Tue): borrowed cash p3 - 1 pays the margin rate for a day; gap 101 -> 99; sell to -0.5 at 99
+    fin3 = -margin * (p3 - 1) * day
+    a3 = 1 + p3 * (99 / 101 - 1) + fin3
+    w3 = p3 * (99 / 101) / a3
+    g3 = a3 * (1 - abs(-0.5 - w3) * rate) * (1 - 0.5 * (100 / 99 - 1))
+    p4 = -0.5 * (100 / 99) / (1 - 0.5 * (100 / 99 - 1))
+    # bar 4 (Wed): the short pays the borrow fee on its value; cash 1 - p4 (proceeds included) earns interest
+    fin4 = (cash * (1 - p4) - borrow * abs(p4)) * day
+    a4 = 1 + fin4  # no gap (open 100 = close 100)
+    g4 = a4 * (1 - abs(p4 / a4) * rate)  # cover the short at the open, flat on 100 -> 110
+    # bar 5 (Thu): flat earns a day's interest; buy 0.5 at 111, hold to 108
+    fin5 = cash * day
+    g5 = (1 + fin5) * (1 - 0.5 * rate) * (1 + 0.5 * (108 / 111 - 1))
+    growth = [g1, g2, g3, g4, g5]
+    for s, g in zip(steps, growth, strict=True):
+        assert s["net_return"] == pytest.approx(g - 1, abs=2e-6)
+        assert s["net_return"] == pytest.approx(
+            s["gross_return"] + s["dividend"] + s["financing"] - s["cost"], abs=1e-7
+        )
+    assert steps[1]["dividend"] == pytest.approx(div2 * (1 + 2.0 * (101 / 103 - 1)), abs=1e-6)
+    assert steps[0]["financing"] == pytest.approx(fin1 * (104 / 102), abs=1e-7)
+    assert steps[2]["financing"] == pytest.approx(fin3 * (1 - 0.5 * (100 / 99 - 1)), abs=1e-7)
+    assert steps[3]["financing"] == pytest.approx(fin4, abs=1e-7)
+    # the excess-return benchmark: what cash earned over each bar (the weekend bar three days)
+    # (in float32, as every return of the env: 1 + r rounds r to ~1e-7)
+    assert [s["risk_free"] for s in steps] == pytest.approx(
+        [cash * day, cash * weekend, cash * day, cash * day, cash * day], abs=1e-7
+    )
+    assert steps[-1]["equity"] == pytest.approx(np.prod(growth), rel=1e-6)
+    # the numpy reference form of the financing rule agrees with the env's
+    from src.data.costs import financing
+
+    assert financing(np.array([0.0, 1.0, p3, p4]), np.full(4, day), Costs(**FINANCED)) == pytest.approx(
+        [cash * day, 0.0, fin3, fin4], abs=1e-12
+    )
+
+
+def test_buy_and_hold_gets_the_same_income_and_costs():
+    from src.evaluation import evaluate_split
+
+    res = evaluate_split(financed_market(), "test", None)
+    bh = res["buy_and_hold"].ledger
+    assert bh["position"].tolist() == pytest.approx([1.0] * 5, abs=1e-6)  # 100% long, whatever the limits
+    assert bh["dividend"].iloc[1] == pytest.approx(1 / 104 * (101 / 103), abs=1e-6)
+    # in cash the night before it buys at the first open; then no cash, no short, no leverage: nothing more
+    assert bh["financing"].iloc[0] == pytest.approx(0.04 / 365 * 104 / 102, rel=1e-5)
+    assert bh["financing"].iloc[1:].abs().max() < 1e-9
+    flat = res["flat"].ledger
+    assert (flat["net_return"].to_numpy() == flat["risk_free"].to_numpy()).all()  # cash earns exactly the rate
+    assert res["flat"].metrics["sharpe"] == 0.0  # cash earns the risk-free rate: no excess return, no Sharpe
+
+
+def test_income_goes_to_the_weight_bought_at_the_close_with_fill_close():
+    steps = run(financed_market("close"), [1.0, 1.0])
+    # fill at bar 0's close: 1.0 holds over bar 1 and bar 2; the dividend (ex bar 2) goes to it
+    assert steps[0]["dividend"] == 0.0 and steps[1]["dividend"] == pytest.approx(1 / 104, abs=1e-6)
+    assert steps[1]["net_return"] == pytest.approx(101 / 104 - 1 + 1 / 104, abs=1e-6)
 
 
 def test_fill_at_close_is_the_optimistic_option():

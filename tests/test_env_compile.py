@@ -14,7 +14,11 @@ from src.envs.market_env import MarketEnv
 from tests.conftest import ROOT, TINY, compose_cfg
 
 TSLA = load_ohlcv(ROOT / "data" / "tsla_daily.csv")
-INFO = ("t", "position", "turnover", "gross_return", "cost", "net_return", "equity", "final_t", "final_position")
+INFO = (
+    "t", "position", "turnover", "gross_return", "cost", "net_return", "equity", "final_t", "final_position",
+    "dividend", "financing", "risk_free",
+)  # fmt: skip
+FINANCED = {"commission_bps": 1, "cash_rate_bps": 400, "borrow_bps": 100, "margin_rate_bps": 600}
 
 
 def assert_same_walk(eager: MarketEnv, fused: MarketEnv, steps: int, scale: float = 1.2) -> dict:
@@ -40,9 +44,16 @@ def assert_same_walk(eager: MarketEnv, fused: MarketEnv, steps: int, scale: floa
     return seen
 
 
-@pytest.mark.parametrize("rows", [False, True], ids=["window-tensor", "row-gather"])
-def test_compiled_step_equals_the_eager_step(rows):
-    m = synthetic_market(n_bars=400, window=8)
+@pytest.mark.parametrize(
+    ("rows", "financed"),
+    [(False, False), (True, False), (False, True)],
+    ids=["window-tensor", "row-gather", "financed"],
+)
+def test_compiled_step_equals_the_eager_step(rows, financed):
+    m = synthetic_market(n_bars=400, window=8, **({"costs": FINANCED, "position_limits": [-2, 2]} if financed else {}))
+    if financed:  # dividends on every 20th bar too: the income path is compiled as well
+        m.dividend[::20] = 0.004
+        assert m.has_income
     m.min_equity = 0.9  # bankruptcies happen: terminations as well as truncations are compared
     envs = [
         MarketEnv(m, "train", 6, generator=torch.Generator().manual_seed(3), episode_length=25, compile=c)
@@ -68,7 +79,7 @@ def test_compiled_step_without_auto_reset_keeps_the_returned_bar():
 
 
 def test_compiled_augmented_env_walks_the_same_paths_across_generations():
-    market = build_market(TSLA, name="tsla", source="tsla", data_hash="x", costs={"commission_bps": 1})
+    market = build_market(TSLA, name="tsla", source="tsla", data_hash="x", costs=FINANCED)
     aug = Augmenter({"warp": MagnitudeWarp(p=1.0, sigma=0.5)})
     envs = [
         AugmentedEnv(market, 4, aug, torch.Generator().manual_seed(2), min_path=16, episode_length=16, compile=c)

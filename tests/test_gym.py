@@ -30,6 +30,14 @@ def test_reset_with_start_and_episode_end(market):
         steps += 1
         done = term or trunc
     assert trunc and steps == 32 and np.isfinite(reward)
+    with pytest.raises(RuntimeError, match="call reset"):  # never a step past the truncation
+        env.step(np.array([0.5], dtype=np.float32))
+    # at the end of the split too: the last bar realised is the split's last, never the next split's first
+    env.reset(options={"start": env._env.last})
+    _, _, _, trunc, info = env.step(np.array([0.5], dtype=np.float32))
+    assert trunc and info["t"] == env._env.last + 1 == market.splits["train"][1] - 1
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(np.array([0.5], dtype=np.float32))
     with pytest.raises(ValueError, match="options"):
         env.reset(options={"start": 0})
 

@@ -255,7 +255,7 @@ def test_a_nan_model_is_never_saved(tmp_path, monkeypatch, capsys):
     [
         ("env.window=0", "env.window must be > 0"),
         ("env.costs.spread_bps=-1", "env.costs.spread_bps must be >= 0"),
-        ("env.position_limits=[-2,1]", "env.position_limits must satisfy"),
+        ("env.position_limits=[0.2,1]", "env.position_limits must satisfy"),
         ("algo.num_minibatches=3", "algo.num_minibatches"),
         ("faults.max_consecutive=0", "faults.max_consecutive must be >= 1"),
         ("trainer=gpu", "trainer.accelerator=gpu but no CUDA device is available"),

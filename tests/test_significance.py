@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from src.calibration import PAIR_KINDS, annual_sharpes, binomial_interval, null_checks, paired_rates, selection_rates
 from src.metrics import sharpe_ratio
 from src.stats import (
     block_bootstrap_indices,
@@ -23,12 +24,7 @@ from src.stats import (
 )
 
 R = np.array([0.10, -0.05, 0.02, 0.0])
-DAILY = 0.02  # a daily volatility for simulated returns
 N_TEST = 604  # the TSLA test period's length
-
-
-def _mu(annual_sharpe: float) -> float:
-    return annual_sharpe / math.sqrt(252) * DAILY
 
 
 def test_psr_hand_computed():
@@ -102,27 +98,13 @@ def test_deflation_lowers_confidence_as_candidates_grow():
     assert deflated_sharpe_ratio(r, many, 252) < deflated_sharpe_ratio(r, few, 252) < psr0
 
 
-def _null_checks(rng, trials: int, checks: int, phi: float, n: int = 600) -> np.ndarray:
-    """(trials, checks, n) validation returns of unskilled checkpoints: a trial's consecutive checks are
-    AR(1)-correlated across checks (correlation phi between neighbours), trials independent."""
-    r = np.empty((trials, checks, n))
-    r[:, 0] = rng.normal(size=(trials, n))
-    for j in range(1, checks):
-        r[:, j] = phi * r[:, j - 1] + math.sqrt(1 - phi**2) * rng.normal(size=(trials, n))
-    return 0.01 * r
-
-
-def _annual_sharpe(x: np.ndarray) -> np.ndarray:
-    return x.mean(-1) / x.std(-1, ddof=1) * math.sqrt(252)
-
-
 @pytest.mark.parametrize(("trials", "checks", "phi"), [(1, 20, 0.8), (6, 10, 0.3), (6, 10, 0.9), (20, 5, 0.5)])
 def test_selection_benchmark_is_the_expected_maximum_under_the_null(trials, checks, phi):
     # the DSR's benchmark must estimate what the best unskilled candidate reaches: simulate it
     rng = np.random.default_rng(10)
     best, bench = [], []
     for _ in range(300):
-        s = _annual_sharpe(_null_checks(rng, trials, checks, phi))
+        s = annual_sharpes(null_checks(rng, trials, checks, phi))
         best.append(s.max())
         bench.append(selection_benchmark(list(s) if trials > 1 else list(s[0]), 252)["expected_max_sharpe"])
     ratio = np.mean(bench) / np.mean(best)
@@ -131,33 +113,17 @@ def test_selection_benchmark_is_the_expected_maximum_under_the_null(trials, chec
 
 
 def test_deflated_sharpe_ratio_null_rejection_rates():
-    """Unskilled sweeps and runs: how often is DSR >= .95, with the old rules and with the new?
+    """Unskilled runs and sweeps: how often is DSR >= .95, with the old rules and with the new?
 
     Old per-run rule: the checks up to the selected one (what a loaded best.ckpt remembered). Old sweep rule:
     the trials' best values with N = trials. New: every check, and effective trials across trials.
     """
-    rng = np.random.default_rng(11)
-    sims = 400
-    new_run = old_run = new_sweep = old_sweep = 0
-    for _ in range(sims):
-        r = _null_checks(rng, 1, 20, 0.3)[0]
-        s = _annual_sharpe(r)
-        j = int(np.argmax(s))
-        new_run += deflated_sharpe_ratio(r[j], list(s), 252) >= 0.95
-        hist = list(s[: j + 1])
-        old_run += (deflated_sharpe_ratio(r[j], hist, 252) if j else probabilistic_sharpe_ratio(r[j], 0, 252)) >= 0.95
-        r = _null_checks(rng, 6, 10, 0.3)
-        s = _annual_sharpe(r)
-        i, j = np.unravel_index(np.argmax(s), s.shape)
-        new_sweep += deflated_sharpe_ratio(r[i, j], [list(g) for g in s], 252) >= 0.95
-        old_sweep += deflated_sharpe_ratio(r[i, j], list(s.max(axis=1)), 252) >= 0.95
-    rates = {
-        k: v / sims for k, v in dict(new_run=new_run, old_run=old_run, new_sweep=new_sweep, old_sweep=old_sweep).items()
-    }
-    print(f"\nP(DSR >= .95 | no skill): {rates}")
-    assert rates["old_sweep"] > 0.2  # the reviewer's 38%: the old rule rejects far above 5%
-    assert rates["old_run"] > 0.05
-    assert rates["new_run"] <= 0.05 and rates["new_sweep"] <= 0.05  # at or below nominal (conservative)
+    run = selection_rates(1, 20, 0.3, sims=400, seed=11)
+    sweep = selection_rates(6, 10, 0.3, sims=400, seed=12)
+    print(f"\nP(DSR >= .95 | no skill): run {run}, sweep {sweep}")
+    assert sweep["old"] > 0.2  # the reviewer's 38%: the old rule rejects far above 5%
+    assert run["old"] > 0.05
+    assert run["new"] <= 0.05 and sweep["new"] <= 0.05  # at or below nominal (conservative by construction)
 
 
 # ---- the paired test against buy-and-hold ----
@@ -197,52 +163,31 @@ def test_paired_test_degenerate_cases():
         sharpe_difference_test(b, b[:-1], 252)
 
 
-def _garch(rng, sims: int, n: int, z: np.ndarray) -> np.ndarray:
-    """GARCH(1, 1) paths (omega .02, alpha .08, beta .9: volatility clustering) driven by shocks z."""
-    out, h = np.empty((sims, n)), np.ones(sims)
-    for t in range(n):
-        out[:, t] = np.sqrt(h) * z[:, t]
-        h = 0.02 + 0.08 * out[:, t] ** 2 + 0.9 * h
-    return out
-
-
-def _pairs(kind: str, sims: int, edge: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(agent, buy-and-hold) return paths over N_TEST bars; buy-and-hold has Sharpe .7, the agent .7 + edge."""
-    rng = np.random.default_rng(seed)
-    if kind == "garch":  # fat-tailed t(5) shocks, correlation .5
-        e = rng.standard_t(5, (2, sims, N_TEST)) / math.sqrt(5 / 3)
-        z1, z2 = e[0], 0.5 * e[0] + math.sqrt(0.75) * e[1]
-        x1, x2 = _garch(rng, sims, N_TEST, z1), _garch(rng, sims, N_TEST, z2)
-    else:
-        rho = 0.7 if kind == "correlated" else 0.0
-        e = rng.normal(size=(2, sims, N_TEST))
-        x1, x2 = e[0], rho * e[0] + math.sqrt(1 - rho**2) * e[1]
-    return _mu(0.7 + edge) + DAILY * x2, _mu(0.7) + DAILY * x1
-
-
-@pytest.mark.parametrize("kind", ["independent", "correlated", "garch"])
+@pytest.mark.parametrize("kind", PAIR_KINDS)
 def test_paired_test_is_calibrated_under_the_null(kind):
     # equal true Sharpe ratios: the one-sided test rejects ~5%, the two-sided 95% interval covers 0 ~95%
-    a, b = _pairs(kind, 1000, 0.0, seed=30)
-    res = [sharpe_difference_test(x, y, 252) for x, y in zip(a, b, strict=True)]
-    reject = np.mean([r["p_value"] <= 0.05 for r in res])
-    cover = np.mean([r["ci_low"] <= 0 <= r["ci_high"] for r in res])
-    old = np.mean([probabilistic_sharpe_ratio(x, sharpe_ratio(y, 252), 252) >= 0.95 for x, y in zip(a, b, strict=True)])
-    print(f"\n{kind}: paired test rejects {reject:.3f}, interval covers {cover:.3f}; old PSR vs B&H >= .95: {old:.3f}")
-    assert 0.03 <= reject <= 0.075
-    assert 0.925 <= cover <= 0.97
+    rates = paired_rates(kind, 1000, seed=30)
+    print(f"\n{kind}: {rates}")
+    assert 0.03 <= rates["reject"] <= 0.075
+    assert 0.925 <= rates["cover"] <= 0.97
     if kind == "independent":  # the old rule treated buy-and-hold's sample Sharpe as known: ~14%
-        assert old > 0.09
+        assert rates["old_psr"] > 0.09
 
 
 def test_paired_test_power_on_a_real_edge():
-    # an edge of +1.0 annual Sharpe over 604 daily bars: found about a third of the time (independent
-    # streams) to about 60% (correlation .7); 600 bars cannot do better
+    # an edge of +1.0 annual Sharpe over 604 daily bars is found about a third of the time (independent
+    # streams) to about 60% of the time (correlation .7): 600 bars cannot do better
     for kind, lo in (("independent", 0.2), ("correlated", 0.45)):
-        a, b = _pairs(kind, 400, 1.0, seed=31)
-        power = np.mean([sharpe_difference_test(x, y, 252)["p_value"] <= 0.05 for x, y in zip(a, b, strict=True)])
-        print(f"\n{kind}, edge +1.0: power {power:.3f}")
-        assert power > lo
+        rates = paired_rates(kind, 400, edge=1.0, seed=31)
+        print(f"\n{kind}, edge +1.0: power {rates['reject']:.3f}, interval covers the edge {rates['cover']:.3f}")
+        assert rates["reject"] > lo
+        assert 0.9 <= rates["cover"] <= 0.98
+
+
+def test_binomial_interval_hand_computed():
+    lo, hi = binomial_interval(0.05, 1000)  # 50 of 1000: Clopper-Pearson [.0373, .0654]
+    assert lo == pytest.approx(0.0373, abs=2e-4) and hi == pytest.approx(0.0654, abs=2e-4)
+    assert binomial_interval(0.0, 100)[0] == 0.0 and binomial_interval(1.0, 100)[1] == 1.0
 
 
 # ---- block bootstrap ----

@@ -140,6 +140,41 @@ def test_the_verdict_counts_every_validation_check(tiny_cfg, tmp_path):
     assert np.isfinite(dsr)
 
 
+def test_evaluate_refuses_a_checkpoint_whose_data_changed(tiny_cfg, tmp_path):
+    import torch
+
+    from src.evaluate import load_agent
+
+    train(tiny_cfg())
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    assert load_agent(str(best)).market.data_hash  # the untouched checkpoint loads
+    ckpt = torch.load(best, weights_only=False)
+    ckpt["tradelab"]["market"]["sha256"] = "f" * 64  # as if the CSV had changed since training
+    torch.save(ckpt, best)
+    with pytest.raises(ConfigError, match=r"ckpt_path: the checkpoint was trained on data with SHA-256 ffffffffffff"):
+        load_agent(str(best))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=-0.1", "optimizer.lr must be > 0, got -0.1"),
+        ("env.costs.commission_bps=abc", "env.costs.commission_bps must be a finite number, got 'abc'"),
+        ("trainer.max_steps=-5", "trainer.max_steps must be >= 1, got -5"),
+        ("env.window=abc", "env.window must be an integer, got 'abc'"),
+        ("optimizer=soap", None),  # a valid choice: only the next override is wrong
+    ],
+)
+def test_bad_values_stop_the_run_before_anything_is_written(tiny_cfg, tmp_path, capsys, override, message):
+    extra = [override] if message else [override, "optimizer.betas=[0.9,1.2]"]
+    message = message or "optimizer.betas[1] must be >= 0 and < 1, got 1.2"
+    with pytest.raises(SystemExit) as e:
+        train(tiny_cfg(*extra))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip() == f"error: {message}"  # one line, naming the key
+    assert not (tmp_path / "run").exists()  # no config.yaml, run_info.json or tb/ left behind
+
+
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
@@ -171,6 +206,12 @@ def test_cli_train_then_evaluate(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((other / "metrics.json").read_text())["val"]["agent"]["bars"] > 0
+    assert "IN SAMPLE" not in (other / "report.md").read_text()  # another market's bars: never seen
+    own = tmp_path / "eval_own_val"
+    res = _cli("src.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", "split=val", f"hydra.run.dir={own}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    v = json.loads((own / "metrics.json").read_text())["verdict"]
+    assert v["in_sample"] and "IN SAMPLE: the checkpoint was selected on these bars" in v["sentence"]
 
 
 @pytest.mark.slow

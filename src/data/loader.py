@@ -26,6 +26,9 @@ Policies, stated once:
   and the largest are recorded with every run.
 * **Size**: files over ``max_file_mb`` are refused before reading (parsing
   takes several times the file size in memory).
+* **Dividends**: an optional ``dividend`` (or ``dividends``) column holds the
+  cash dividend per share on each ex-date's row (empty or 0 elsewhere); it is
+  paid to longs and charged to shorts (:mod:`src.data.costs`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from src.errors import DataError
 
 COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
 PRICE_COLUMNS = ("open", "high", "low", "close")
-ALIASES = {"date": "timestamp", "datetime": "timestamp", "time": "timestamp"}
+ALIASES = {"date": "timestamp", "datetime": "timestamp", "time": "timestamp", "dividends": "dividend"}
 ADJUSTED_CLOSE = ("adj_close", "adjclose", "adjusted_close")
 _UTC_OFFSET = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$", re.IGNORECASE)
 
@@ -198,6 +201,17 @@ def validate_ohlcv(raw: pd.DataFrame, name: str, max_gap: str | None = None) -> 
     if bad.any():
         i = _first(bad)
         raise DataError(f"{name}: line {_line(i)}: negative volume {values['volume'][i]}")
+    if "dividend" in raw:  # cash per share on the ex-date's row; an empty cell is no dividend
+        text = raw["dividend"].str.strip().replace("", "0")
+        div = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(div) | (div < 0)
+        if bad.any():
+            i = _first(bad)
+            raise DataError(
+                f"{name}: line {_line(i)}: column dividend must be a number >= 0 (cash per share), "
+                f"got {raw['dividend'].iloc[i]!r}"
+            )
+        values["dividend"] = div
     o, h, lo, c = (values[k] for k in PRICE_COLUMNS)
     checks = (
         (h < lo, "high {h} is below low {lo}"),

@@ -16,32 +16,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from src.data.costs import Costs, accrual_years, dividend_yields
+from src.data.costs import describe as describe_costs
 from src.data.features import FEATURE_NAMES, compute_features, warmup_bars
 from src.data.loader import file_sha256, load_ohlcv, resolve_path
 from src.errors import ConfigError, DataError
 
+__all__ = ["Costs", "Market", "build_market", "infer_calendar", "load_market"]
+MAX_WEIGHT = 10.0  # |position limit| above this is taken for a typo (10x leverage)
 FILLS = ("open", "close")
 SPLITS = ("train", "val", "test")
 NORM_CLIP = 10.0  # a fixed constant, so clipping looks at no data
-
-
-@dataclass
-class Costs:
-    """Trading costs in basis points of traded notional; all are charged on every trade."""
-
-    commission_bps: float = 0.0
-    spread_bps: float = 0.0  # full quoted spread; half of it is paid per trade
-    slippage_bps: float = 0.0
-
-    def __post_init__(self) -> None:
-        for k in ("commission_bps", "spread_bps", "slippage_bps"):
-            if getattr(self, k) < 0:
-                raise ConfigError(f"env.costs.{k} must be >= 0, got {getattr(self, k)}")
-
-    @property
-    def rate(self) -> float:
-        """Cost per unit of turnover (fraction of equity traded)."""
-        return (self.commission_bps + self.spread_bps / 2 + self.slippage_bps) / 1e4
 
 
 WEEKDAY_MARKET = 0.005  # at most this share of bars on a Saturday or Sunday: a weekday market (252 days)
@@ -120,6 +105,15 @@ class Market:
     leak_next_return: bool = False
     feature_names: tuple[str, ...] = FEATURE_NAMES
     bars_per_day: int = 1  # trading-day length in bars (the bootstrap's shortest block)
+    dividend: torch.Tensor | None = None  # (T,) dividend yield paid on bar t to the weight held overnight into it
+    accrual: torch.Tensor | None = None  # (T,) calendar years from bar t - 1 to bar t (financing accrues over them)
+
+    def __post_init__(self) -> None:
+        n = len(self.pre)
+        if self.dividend is None:
+            self.dividend = torch.zeros(n, dtype=self.pre.dtype, device=self.pre.device)
+        if self.accrual is None:  # one bar is a 1 / bars_per_year of a year
+            self.accrual = torch.full((n,), 1.0 / self.bars_per_year, dtype=self.pre.dtype, device=self.pre.device)
 
     @property
     def num_features(self) -> int:
@@ -129,10 +123,28 @@ class Market:
     def device(self) -> torch.device:
         return self.features.device
 
+    @property
+    def has_income(self) -> bool:
+        """Whether holding earns or pays anything (a financing rate, or a dividend in the file)."""
+        return self.costs.finances or bool((self.dividend != 0).any())
+
     def to(self, device: torch.device | str) -> Market:
         """Move the tensors to ``device`` (in place) and return self."""
-        self.features, self.pre, self.post = (x.to(device) for x in (self.features, self.pre, self.post))
+        names = ("features", "pre", "post", "dividend", "accrual")
+        for k in names:
+            setattr(self, k, getattr(self, k).to(device))
         return self
+
+    def dividends(self, split: str | None = None) -> str:
+        """One line on the dividends this market pays (in ``split``, or in the whole file)."""
+        if "dividend" not in self.bars:
+            return (
+                "none: the file has no dividend column (prices not dividend-adjusted understate a dividend "
+                "payer's long positions and buy-and-hold by its yield, and flatter flat and short ones)"
+            )
+        a, b = self.splits[split] if split else (0, len(self.bars))
+        paid = int((self.dividend[a:b] != 0).sum())
+        return f"from the file's dividend column: {paid} payment{'s' * (paid != 1)}, to longs and charged to shorts"
 
     def decision_range(self, split: str) -> tuple[int, int]:
         """First and last bar (inclusive) on which a decision of ``split`` is taken."""
@@ -149,6 +161,7 @@ class Market:
             "bars_per_year": self.bars_per_year,
             "bars_per_day": self.bars_per_day,
             "cost_rate": self.costs.rate,
+            "costs": describe_costs(self.costs, self.dividends()),
             "fill": self.fill,
             "position_limits": list(self.position_limits),
         }
@@ -200,10 +213,11 @@ def build_market(
         lo, hi = (float(x) for x in position_limits)
     except (TypeError, ValueError):
         raise ConfigError(f"env.position_limits must be [min, max], got {position_limits!r}") from None
-    if not -1.0 <= lo <= 0.0 <= hi <= 1.0 or lo == hi:
+    if not -MAX_WEIGHT <= lo <= 0.0 <= hi <= MAX_WEIGHT or lo == hi:
         raise ConfigError(
-            f"env.position_limits must satisfy -1 <= min <= 0 <= max <= 1 with min < max (weights of equity; "
-            f"flat must be allowed), got [{lo}, {hi}]"
+            f"env.position_limits must satisfy -{MAX_WEIGHT:g} <= min <= 0 <= max <= {MAX_WEIGHT:g} with min < max "
+            f"(weights of equity; flat must be allowed; above 1, leverage at env.costs.margin_rate_bps), "
+            f"got [{lo}, {hi}]"
         )
     costs = costs if isinstance(costs, Costs) else Costs(**(costs or {}))
     split = dict(split or {"train": 0.7, "val": 0.15})
@@ -240,6 +254,8 @@ def build_market(
         post[1:] = c[1:] / o[1:] - 1  # open to close, earned by the new position
     else:  # filled at the close of the decision bar: optimistic (no delay)
         post[1:] = c[1:] / c[:-1] - 1
+    dividend = dividend_yields(bars)  # paid to the weight held at the close before the ex-date
+    accrual = accrual_years(bars.index)
     if leak_next_return:
         future = np.append(post[1:], 0.0)
         z[:, 0] = np.clip(future / (future[:n_train].std() + 1e-12), -NORM_CLIP, NORM_CLIP)
@@ -255,6 +271,8 @@ def build_market(
         features=f32(z),
         pre=f32(pre),
         post=f32(post),
+        dividend=f32(dividend),
+        accrual=f32(accrual),
         splits=splits,
         window=window,
         costs=costs,

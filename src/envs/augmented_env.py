@@ -88,6 +88,8 @@ class AugmentedEnv(MarketEnv):
         self._windows = None  # observations come from the generated paths, row by row
         self._pre = torch.zeros(2 * n * s, device=dev)
         self._post = torch.zeros(2 * n * s, device=dev)
+        if self._carry is not None:  # each path keeps the dividends and calendar of the real bars it was cut from
+            self._carry = (torch.zeros(2 * n * s, device=dev), torch.zeros(2 * n * s, device=dev))
         self._env_base = torch.arange(n, device=dev) * s
         self.slot = 1  # the next generation goes to slot 0
         self.pos = 0  # steps into the current generation (host side: no device sync)
@@ -124,14 +126,17 @@ class AugmentedEnv(MarketEnv):
             pre, post = gap.expm1(), body.expm1()
         else:
             pre, post = torch.zeros_like(gap), (gap + body).expm1()
+        carry = [x[idx][:, WARMUP:] for x in (self.m.dividend, self.m.accrual)] if self._carry is not None else []
         if g > 1:
-            z, pre, post = (x.repeat_interleave(g, dim=0) for x in (z, pre, post))
+            z, pre, post, *carry = (x.repeat_interleave(g, dim=0) for x in (z, pre, post, *carry))
         self.slot = 1 - self.slot
         n, s = self.n, self.span
         lo_, hi_ = self.slot * n * s, (self.slot + 1) * n * s
         self._feat[lo_:hi_] = z.reshape(n * s, -1).to(self._feat.dtype)
         self._pre[lo_:hi_] = pre.reshape(-1).to(self._pre.dtype)
         self._post[lo_:hi_] = post.reshape(-1).to(self._post.dtype)
+        for buf, x in zip(self._carry or (), carry, strict=True):
+            buf[lo_:hi_] = x.reshape(-1).to(buf.dtype)
         base = lo_ + self._env_base
         self._first = base + (w - 1)
         self._stop = base + (w - 1) + self.path_length
@@ -167,6 +172,7 @@ class AugmentedEnv(MarketEnv):
                 "feat": self._feat.cpu(),
                 "pre": self._pre.cpu(),
                 "post": self._post.cpu(),
+                "carry": None if self._carry is None else [x.cpu() for x in self._carry],
                 "slot": self.slot,
                 "pos": self.pos,
                 "generations": self.generations,
@@ -189,5 +195,7 @@ class AugmentedEnv(MarketEnv):
         self._feat.copy_(a["feat"].to(dev))
         self._pre.copy_(a["pre"].to(dev))
         self._post.copy_(a["post"].to(dev))
+        for buf, x in zip(self._carry or (), a.get("carry") or (), strict=True):
+            buf.copy_(x.to(dev))
         self.slot, self.pos, self.generations = int(a["slot"]), int(a["pos"]), int(a["generations"])
         self._first, self._stop = a["first"].to(dev), a["stop"].to(dev)

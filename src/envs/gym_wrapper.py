@@ -14,7 +14,7 @@ from src.envs.market_env import MarketEnv, Obs
 
 
 class TradingEnv(gym.Env):
-    """One trading episode; the action is the target weight in [-1, 1].
+    """One trading episode; the action is the target weight within ``env.position_limits`` (default [-1, 1]).
 
     Observation: ``{"market": (window, F) normalised features, "position": (1,) current weight}``.
     ``reset(options={"start": bar})`` starts at a given decision bar; otherwise a random one.
@@ -36,7 +36,9 @@ class TradingEnv(gym.Env):
                 "position": spaces.Box(-np.inf, np.inf, (1,), np.float32),
             }
         )
-        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        lo, hi = market.position_limits
+        self.action_space = spaces.Box(lo, hi, (1,), np.float32)
+        self._ended = True  # until the first reset
 
     @staticmethod
     def _np(obs: Obs) -> dict[str, np.ndarray]:
@@ -47,6 +49,7 @@ class TradingEnv(gym.Env):
         if seed is not None:
             self._gen.manual_seed(seed)
         obs = self._env.reset()
+        self._ended = False
         if options and "start" in options:
             first, last = self._env.first, self._env.last
             start = int(options["start"])
@@ -57,7 +60,10 @@ class TradingEnv(gym.Env):
         return self._np(obs), {"t": int(self._env.t[0])}
 
     def step(self, action):
+        if self._ended:  # past a truncation the next bar belongs to the next split: never step into it
+            raise RuntimeError("TradingEnv: the episode has ended (terminated or truncated): call reset() first")
         a = torch.as_tensor(np.asarray(action, dtype=np.float32).reshape(1))
         obs, reward, term, trunc, info = self._env.step(a)
         out = {k: float(v[0]) for k, v in info.items()}
+        self._ended = bool(term[0]) or bool(trunc[0])
         return self._np(obs), float(reward[0]), bool(term[0]), bool(trunc[0]), out

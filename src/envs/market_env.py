@@ -1,20 +1,13 @@
 """A trading env vectorised in torch: N episodes advance together as tensors.
 
-Accounting (one step = the agent at the close of bar t chooses a target
-weight ``a`` in [-1, 1]; the step realises bar t+1):
-
-1. the held weight ``p`` earns ``pre`` (the gap from close t to the fill) and
-   drifts to ``w = p (1 + pre) / (1 + p pre)``;
-2. at the fill (open of t+1 by default; close of t with ``fill=close``, an
-   optimistic, labelled option) the book is rebalanced to ``a`` if
-   ``|a - w| >= min_trade``; turnover ``|a - w|`` pays ``costs.rate``;
-3. the new weight earns ``post`` to the close of t+1 and drifts again.
-
-Equity growth over the step is ``(1 + p pre)(1 - turnover rate)(1 + a post)``;
-the reward is its log, net of costs. Gross return, cost, turnover and equity
-are reported separately in ``info``. An episode is *terminated* when equity
-falls to ``min_equity`` (bankruptcy: no bootstrap) and *truncated* at its time
-limit or the end of the split (bootstrap from the final observation).
+One step = the agent at the close of bar t chooses a target weight within ``env.position_limits``; the
+step realises bar t+1 with the accounting of :mod:`src.envs.accounting` (fills, trading costs on the
+turnover, drift, dividends and financing on the weight held overnight). The reward is the log of the
+step's equity growth, net of all of it. Gross (price) return, dividend, financing, cost, turnover and
+equity are reported separately in ``info`` (net = gross + dividend + financing - cost, exactly), with
+``risk_free``, what cash earned over the step (the excess-return benchmark). An episode is *terminated*
+when equity falls to ``min_equity`` (bankruptcy: no bootstrap) and *truncated* at its time limit or the
+end of the split (bootstrap from the final observation).
 Observations are written into preallocated buffers: no per-step allocation
 of the (N, window, F) window. They are gathered from a (bars, window * F) view
 of every window (:func:`all_windows`: row k starts at feature row k, so it costs
@@ -31,9 +24,10 @@ from typing import NamedTuple
 import torch
 
 from src.data.market import Market
+from src.envs.accounting import EPS, Scalars, account, income
 from src.utils import compile_static
 
-EPS = 1e-12
+__all__ = ["EPS", "MarketEnv", "Obs", "Scalars", "Transition", "account", "all_windows", "income", "transition"]
 MAX_WINDOWS_BYTES = 512 * 2**20  # above this, observations are gathered row by row instead
 
 
@@ -56,44 +50,6 @@ class Obs:
     goal: torch.Tensor | None = None  # (N, 2), see src/rl/her.py
 
 
-class Scalars(NamedTuple):
-    """The constants of :func:`account` as 0-d tensors on the env's device: an op between a tensor and a
-    Python number first wraps the number into a tensor, which costs more than the op itself at N ~ 1000."""
-
-    one: torch.Tensor
-    zero: torch.Tensor
-    eps: torch.Tensor
-    rate: torch.Tensor  # cost per unit of turnover
-    min_trade: torch.Tensor  # smallest rebalance (at least eps)
-
-    @classmethod
-    def make(cls, rate: float, min_trade: float, device: torch.device | str = "cpu") -> Scalars:
-        values = (1.0, 0.0, EPS, rate, max(min_trade, EPS))
-        return cls(*(torch.tensor(v, dtype=torch.float32, device=device) for v in values))
-
-
-def account(
-    p: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, a: torch.Tensor, k: Scalars
-) -> tuple[torch.Tensor, ...]:
-    """One step's accounting for held weights ``p`` and target weights ``a`` (see the module docstring).
-
-    Returns ``(held, turnover, gross, growth, drifted_after, reward)``: the weight after the fill, the
-    turnover paid for, gross and net equity growth factors, the weight after the bar's drift (the next
-    step's ``p``) and the reward ``log(growth)``.
-    """
-    g1 = k.one + p * pre
-    drifted = torch.where(g1 > k.eps, p * (k.one + pre) / g1.clamp_min(k.eps), k.zero)
-    turnover = (a - drifted).abs()
-    trade = turnover >= k.min_trade
-    held = torch.where(trade, a, drifted)
-    turnover = torch.where(trade, turnover, k.zero)
-    g2 = k.one + held * post
-    gross = g1 * g2
-    growth = (gross * (k.one - turnover * k.rate)).clamp_min(k.zero)
-    after = torch.where(g2 > k.eps, held * (k.one + post) / g2.clamp_min(k.eps), k.zero)
-    return held, turnover, gross, growth, after, torch.log(growth.clamp_min(k.eps))
-
-
 class Transition(NamedTuple):
     """What one step of :func:`transition` returns: the next state (restarted where an episode ended,
     with auto-reset) and the step's outputs."""
@@ -107,12 +63,15 @@ class Transition(NamedTuple):
     truncated: torch.Tensor
     held: torch.Tensor  # weight after the fill
     turnover: torch.Tensor
-    gross_return: torch.Tensor  # gross growth - 1
-    cost: torch.Tensor  # gross - net growth
-    net_return: torch.Tensor  # net growth - 1
+    gross_return: torch.Tensor  # the price return of the weights held (income excluded)
+    cost: torch.Tensor  # trading costs: gross - net growth
+    net_return: torch.Tensor  # net growth - 1 = gross_return + dividend + financing - cost
     final_equity: torch.Tensor  # equity at the end of the step (before any restart)
     final_t: torch.Tensor  # the bar the step reached (before any restart)
     final_position: torch.Tensor  # the weight after the bar's drift (before any restart)
+    dividend: torch.Tensor  # dividends received (paid, short), as a return
+    financing: torch.Tensor  # interest earned less interest and fees paid, as a return
+    risk_free: torch.Tensor  # what cash earned over the step: the excess-return benchmark
 
 
 def transition(
@@ -129,15 +88,20 @@ def transition(
     stop: torch.Tensor,
     min_equity: torch.Tensor,
     restart: torch.Tensor | None,
+    carry: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Transition:
     """One env step for N envs as a pure function (see the module docstring); ``restart`` (N,) holds the
-    bars where an episode that ends now starts its next one (None: no auto-reset).
+    bars where an episode that ends now starts its next one (None: no auto-reset); ``carry`` the per-bar
+    dividend yields and accrual years (None: holding earns and costs nothing).
 
     Bankruptcy (equity at or below ``min_equity``) terminates; ``max_len`` steps or reaching ``stop`` truncates.
     """
     a = action.clamp(limits[0], limits[1])
     nxt = t + 1
-    held, turnover, gross, growth, pos, reward = account(position, pre[nxt], post[nxt], a, k)
+    div_t, years = (carry[0][nxt], carry[1][nxt]) if carry is not None else (None, None)
+    held, turnover, gross, growth, pos, reward, div, fin = account(position, pre[nxt], post[nxt], a, k, div_t, years)
+    # what cash earned, rounded as a flat book's growth is (so a flat book's excess return is exactly 0)
+    rf = (k.one + years * k.cash) - k.one if years is not None else k.zero
     final_equity = equity * growth
     steps = steps + 1
     terminated = final_equity <= min_equity
@@ -152,7 +116,8 @@ def transition(
         equity_next = final_equity.masked_fill(done, k.one)
     return Transition(
         t_next, steps, position_next, equity_next, reward, terminated, truncated,
-        held, turnover, gross - k.one, gross - growth, growth - k.one, final_equity, nxt, pos,
+        held, turnover, gross - k.one - div - fin, gross - growth, growth - k.one, final_equity, nxt, pos,
+        div, fin, rf,
     )  # fmt: skip
 
 
@@ -194,6 +159,8 @@ class MarketEnv:
             then walk the same bars (GRPO's groups); ``num_envs`` must be a multiple of it.
         compile: run the step through ``torch.compile`` (:func:`fused_transition`): the same results as
             eager to float rounding, in one kernel per step.
+        limits: per-env (N,) lower and upper bounds of the target weight instead of
+            ``market.position_limits`` (the evaluation's baselines are not bound by the agent's limits).
     """
 
     def __init__(
@@ -207,6 +174,7 @@ class MarketEnv:
         episode_length: int | None = None,
         group_size: int = 1,
         compile: bool = False,
+        limits: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         if num_envs <= 0:
             raise ValueError(f"num_envs must be > 0, got {num_envs}")
@@ -223,6 +191,8 @@ class MarketEnv:
         dev = market.device
         # what step() and the observations read: the market's own series (subclasses swap in their paths)
         self._feat, self._pre, self._post = market.features, market.pre, market.post
+        # dividend yields and accrual years, when holding earns or costs anything (else the fast path)
+        self._carry = (market.dividend, market.accrual) if market.has_income else None
         # reaching this bar ends the episode (the end of the split; subclasses: of each env's path)
         self._stop = torch.tensor(self.last + 1, device=dev)
         self._min_equity = torch.tensor(market.min_equity, dtype=torch.float32, device=dev)
@@ -237,7 +207,10 @@ class MarketEnv:
         fits = market.features.numel() * w * market.features.element_size() <= MAX_WINDOWS_BYTES
         self._windows = all_windows(market.features, w) if fits else None  # subclasses with their own paths: None
         self._obs = Obs(torch.empty(num_envs, w, f, device=dev), torch.empty(num_envs, 1, device=dev))
-        self._limits = tuple(torch.tensor(float(x), device=dev) for x in market.position_limits)
+        if limits is None:
+            self._limits = tuple(torch.tensor(float(x), device=dev) for x in market.position_limits)
+        else:
+            self._limits = tuple(torch.as_tensor(x, dtype=torch.float32, device=dev).reshape(num_envs) for x in limits)
         # compile=True: torch.compile the whole step (a one-off compile of a few seconds per N; needs a C++
         # compiler on a CPU), recompiled for nothing a curriculum changes (rate and max_len are tensors)
         self._fused = compile_static(fused_transition) if compile else None
@@ -250,7 +223,7 @@ class MarketEnv:
     @rate.setter
     def rate(self, value: float) -> None:
         self._rate = float(value)
-        self._k = Scalars.make(self._rate, self.m.min_trade, self.m.device)
+        self._k = Scalars.make(self._rate, self.m.min_trade, self.m.device, self.m.costs, self.m.fill == "close")
 
     @property
     def max_len(self) -> int:
@@ -334,7 +307,7 @@ class MarketEnv:
         a = action.detach().reshape(self.n).to(self.position.dtype)
         args = (self.t, self.steps, self.position, self.equity, a, self._pre, self._post, self._k, self._limits)
         args += (self._max_len_t, self._stop, self._min_equity)  # read before a restart may swap _stop (paths)
-        args += (self._restart_points(self.t) if self.auto_reset else None,)
+        args += (self._restart_points(self.t) if self.auto_reset else None, self._carry)
         if self._fused is not None:  # compile=True: the step and the observation in one kernel
             tr = self._fused(*args, windows=self._windows, feat=self._feat, offsets=self._offsets,
                              market_out=self._obs.market, position_out=self._obs.position)  # fmt: skip
@@ -351,6 +324,9 @@ class MarketEnv:
             "equity": tr.final_equity,
             "final_t": tr.final_t,
             "final_position": tr.final_position,
+            "dividend": tr.dividend.expand_as(tr.net_return),  # 0-d zeros on the fast path
+            "financing": tr.financing.expand_as(tr.net_return),
+            "risk_free": tr.risk_free.expand_as(tr.net_return),
         }
         obs = self._obs if self._fused is not None else self._write_obs(self._obs)
         return obs, tr.reward, tr.terminated, tr.truncated, info

@@ -104,16 +104,23 @@ class MLPEncoder(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """Encoder summary + current weight (+ goal features) -> Beta policy over [-1, 1] and a value.
+    """Encoder summary + current weight (+ goal features) -> Beta policy over ``action_range`` and a value.
 
     ``goal_dim`` > 0 makes the policy and critic goal-conditioned (``replay=her``): the heads
     also read ``obs.goal``, which must then be present.
     """
 
-    def __init__(self, encoder: nn.Module, head_hidden: int = 64, goal_dim: int = 0) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head_hidden: int = 64,
+        goal_dim: int = 0,
+        action_range: tuple[float, float] | list[float] = (-1.0, 1.0),
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.goal_dim = goal_dim
+        self.action_range = (float(action_range[0]), float(action_range[1]))  # the env's position limits
         d = encoder.out_dim + 1 + goal_dim  # + the current position (+ the goal)
         self.actor = nn.Sequential(nn.Linear(d, head_hidden), nn.Tanh(), nn.Linear(head_hidden, 2))
         self.critic = nn.Sequential(nn.Linear(d, head_hidden), nn.Tanh(), nn.Linear(head_hidden, 1))
@@ -139,7 +146,7 @@ class ActorCritic(nn.Module):
 
     def forward(self, obs: Obs) -> tuple[ScaledBeta, torch.Tensor]:
         ab, v = self.heads(obs.market, obs.position, obs.goal)
-        return ScaledBeta(ab[:, 0], ab[:, 1]), v
+        return ScaledBeta(ab[:, 0], ab[:, 1], *self.action_range), v
 
     def value(self, obs: Obs) -> torch.Tensor:
         return self.critic(self._summary(obs.market, obs.position, obs.goal)).squeeze(-1).float()
@@ -150,10 +157,15 @@ class ActorCritic(nn.Module):
 
 
 def transformer_actor_critic(
-    num_features: int, window: int, head_hidden: int = 64, goal_dim: int = 0, **kwargs
+    num_features: int,
+    window: int,
+    head_hidden: int = 64,
+    goal_dim: int = 0,
+    action_range: tuple[float, float] | list[float] = (-1.0, 1.0),
+    **kwargs,
 ) -> ActorCritic:
     """Factory used by ``conf/model/transformer.yaml``."""
-    return ActorCritic(TransformerEncoder(num_features, window, **kwargs), head_hidden, goal_dim)
+    return ActorCritic(TransformerEncoder(num_features, window, **kwargs), head_hidden, goal_dim, action_range)
 
 
 def mlp_actor_critic(
@@ -162,6 +174,7 @@ def mlp_actor_critic(
     hidden: list[int] | tuple[int, ...] = (64, 64),
     head_hidden: int = 64,
     goal_dim: int = 0,
+    action_range: tuple[float, float] | list[float] = (-1.0, 1.0),
 ) -> ActorCritic:
     """Factory used by ``conf/model/mlp.yaml``."""
-    return ActorCritic(MLPEncoder(num_features, window, tuple(hidden)), head_hidden, goal_dim)
+    return ActorCritic(MLPEncoder(num_features, window, tuple(hidden)), head_hidden, goal_dim, action_range)

@@ -77,8 +77,16 @@ def disagreement(means: torch.Tensor) -> torch.Tensor:
 class MixtureBeta:
     """The ensemble's policy: a uniform mixture of the members' :class:`ScaledBeta` (parameters (M, B))."""
 
-    def __init__(self, alpha: torch.Tensor, beta: torch.Tensor, values: torch.Tensor, how: str, shrink_at: float):
-        self.members = ScaledBeta(alpha, beta)
+    def __init__(
+        self,
+        alpha: torch.Tensor,
+        beta: torch.Tensor,
+        values: torch.Tensor,
+        how: str,
+        shrink_at: float,
+        action_range: tuple[float, float] = (-1.0, 1.0),
+    ):
+        self.members = ScaledBeta(alpha, beta, *action_range)
         self.member_values = values  # (M, B): each member's critic
         self.how, self.shrink_at = how, shrink_at
         self.m = alpha.shape[0]
@@ -131,6 +139,7 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.cfg = cfg
         self.goal_dim = members[0].goal_dim
+        self.action_range = members[0].action_range
         self._names = [n for n, _ in members[0].named_parameters()]
         template = copy.deepcopy(members[0]).to("meta")
         for block in getattr(template.encoder, "blocks", []):
@@ -155,7 +164,7 @@ class Ensemble(nn.Module):
 
     def forward(self, obs: Obs) -> tuple[MixtureBeta, torch.Tensor]:
         ab, v = self.member_heads(obs)
-        dist = MixtureBeta(ab[..., 0], ab[..., 1], v, self.cfg.aggregate, self.cfg.shrink_at)
+        dist = MixtureBeta(ab[..., 0], ab[..., 1], v, self.cfg.aggregate, self.cfg.shrink_at, self.action_range)
         return dist, v.mean(dim=0)
 
     def value(self, obs: Obs) -> torch.Tensor:
