@@ -56,7 +56,7 @@ def main() -> None:
         "of the difference should cover the truth about 95% of the time. The old rule (PSR against "
         "buy-and-hold's sample Sharpe, as if it were known) is shown for contrast.",
         "",
-        f"| null ({n} draws) | paired test rejects (nominal 5%) | interval covers (nominal 95%) | old rule: PSR >= .95 |",
+        f"| null ({n} draws) | paired test rejects (nominal 5%) | interval covers (nominal 95%) | old: PSR >= .95 |",
         "|---|---:|---:|---:|",
     ]
     names = {
