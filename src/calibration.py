@@ -18,7 +18,7 @@ from src.stats import deflated_sharpe_ratio, probabilistic_sharpe_ratio, sharpe_
 
 DAILY_VOL = 0.02
 BARS = 604
-PAIR_KINDS = ("independent", "correlated", "garch")
+PAIR_KINDS = ("independent", "correlated", "garch", "autocorrelated")
 
 
 def _mu(annual_sharpe: float) -> float:
@@ -35,12 +35,22 @@ def garch_paths(z: np.ndarray, omega: float = 0.02, alpha: float = 0.08, beta: f
     return out
 
 
+def ar_paths(z: np.ndarray, phi: float) -> np.ndarray:
+    """(sims, n) AR(1) paths with coefficient ``phi`` and unit variance, driven by the shocks ``z``."""
+    out = np.empty_like(z)
+    out[:, 0] = z[:, 0]
+    for t in range(1, z.shape[1]):
+        out[:, t] = phi * out[:, t - 1] + math.sqrt(1 - phi**2) * z[:, t]
+    return out
+
+
 def paired_paths(kind: str, sims: int, edge: float = 0.0, seed: int = 0, n: int = BARS):
     """(agent, buy-and-hold) return paths: buy-and-hold has an annual Sharpe of 0.7, the agent 0.7 + ``edge``.
 
     ``independent``: i.i.d. normal, uncorrelated; ``correlated``: i.i.d. normal, correlation 0.7 (an agent
     that mostly holds the asset); ``garch``: fat-tailed t(5) shocks with GARCH(1, 1) volatility, correlation
-    0.5 (what daily returns look like).
+    0.5 (what daily returns look like); ``autocorrelated``: AR(1) returns (0.3 from one bar to the next),
+    correlation 0.5 (an agent whose P&L trends: what an i.i.d. standard error gets wrong).
     """
     if kind not in PAIR_KINDS:
         raise ValueError(f"kind must be one of {PAIR_KINDS}, got {kind!r}")
@@ -49,6 +59,9 @@ def paired_paths(kind: str, sims: int, edge: float = 0.0, seed: int = 0, n: int 
         e = rng.standard_t(5, (2, sims, n)) / math.sqrt(5 / 3)
         x1 = garch_paths(e[0])
         x2 = garch_paths(0.5 * e[0] + math.sqrt(0.75) * e[1])
+    elif kind == "autocorrelated":
+        e = rng.normal(size=(2, sims, n))
+        x1, x2 = ar_paths(e[0], 0.3), ar_paths(0.5 * e[0] + math.sqrt(0.75) * e[1], 0.3)
     else:
         rho = 0.7 if kind == "correlated" else 0.0
         e = rng.normal(size=(2, sims, n))
@@ -56,14 +69,17 @@ def paired_paths(kind: str, sims: int, edge: float = 0.0, seed: int = 0, n: int 
     return _mu(0.7 + edge) + DAILY_VOL * x2, _mu(0.7) + DAILY_VOL * x1
 
 
-def paired_rates(kind: str, sims: int, edge: float = 0.0, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+def paired_rates(
+    kind: str, sims: int, edge: float = 0.0, seed: int = 0, level: float = 0.95, **test_kwargs
+) -> dict[str, float]:
     """How often the paired test rejects "agent <= buy-and-hold" at ``1 - level``, how often its two-sided
     interval covers the true difference, and, for contrast, how often the old rule (PSR against
-    buy-and-hold's sample Sharpe taken as known) said ``>= level``."""
+    buy-and-hold's sample Sharpe taken as known) said ``>= level``. ``test_kwargs`` go to the test
+    (``bandwidth=0, prewhiten=False``: the i.i.d. delta method, for contrast)."""
     a, b = paired_paths(kind, sims, edge, seed)
     reject = cover = old = 0
     for x, y in zip(a, b, strict=True):
-        r = sharpe_difference_test(x, y, 252, level)
+        r = sharpe_difference_test(x, y, 252, level, **test_kwargs)
         reject += r["p_value"] <= 1 - level
         cover += r["ci_low"] <= edge <= r["ci_high"]
         old += probabilistic_sharpe_ratio(x, sharpe_ratio(y, 252), 252) >= level
@@ -73,11 +89,8 @@ def paired_rates(kind: str, sims: int, edge: float = 0.0, seed: int = 0, level: 
 def null_checks(rng: np.random.Generator, trials: int, checks: int, phi: float, n: int = 600) -> np.ndarray:
     """(trials, checks, n) validation returns of unskilled checkpoints: a trial's consecutive checks are
     AR(1)-correlated from one check to the next (``phi``), trials independent."""
-    r = np.empty((trials, checks, n))
-    r[:, 0] = rng.normal(size=(trials, n))
-    for j in range(1, checks):
-        r[:, j] = phi * r[:, j - 1] + math.sqrt(1 - phi**2) * rng.normal(size=(trials, n))
-    return 0.01 * r
+    z = rng.normal(size=(trials * n, checks))  # the AR runs across checks, bar by bar
+    return 0.01 * ar_paths(z, phi).reshape(trials, n, checks).transpose(0, 2, 1)
 
 
 def annual_sharpes(x: np.ndarray) -> np.ndarray:

@@ -122,7 +122,8 @@ def check_run(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
     if cfg.get("optimizer") is not None:
         check_optimizer(cfg.optimizer)
     t = cfg.get("trainer") or {}
-    number(t.get("max_steps", 1), "trainer.max_steps", integer=True, low=1)
+    if not (t.get("max_steps") == -1 and t.get("max_time")):  # -1: no step budget, only a wall-clock one
+        number(t.get("max_steps", 1), "trainer.max_steps", integer=True, low=1)
     vci = t.get("val_check_interval", 1)
     if vci is not None:
         number(vci, "trainer.val_check_interval", integer=True, low=1)

@@ -53,7 +53,20 @@ def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
             "normalisation with it); evaluate it with env=... to test it on other data deliberately"
         )
     module.load_state_dict(ckpt["state_dict"])
+    module.trained_on = ckpt.get("tradelab", {}).get("market", {})  # the checkpoint's data: hash and split dates
     return module.eval()
+
+
+def seen_in_training(trained_on: dict, market, split: str) -> bool:
+    """Whether ``split`` of ``market`` overlaps the bars the checkpoint was trained or selected on: the same
+    data (SHA-256) and dates within its train or validation period, whatever the env is called."""
+    if trained_on.get("sha256") != market.data_hash or "train" not in trained_on or "val" not in trained_on:
+        return False
+    import pandas as pd
+
+    first, last = (pd.Timestamp(market.describe()[split][k]) for k in ("first", "last"))
+    seen_first, seen_last = pd.Timestamp(trained_on["train"]["first"]), pd.Timestamp(trained_on["val"]["last"])
+    return first <= seen_last and last >= seen_first
 
 
 @one_line_errors
@@ -72,8 +85,8 @@ def evaluate(cfg: DictConfig) -> dict:
         "data": market.describe(),
     }
     title = f"{market.name}: re-evaluation of {Path(cfg.ckpt_path).name} on the {cfg.split} split"
-    # in sample: the checkpoint's own training or validation bars (another env's splits were never seen)
-    in_sample = not cfg.get("env") and cfg.split in ("train", "val")
+    # in sample: bars the checkpoint was trained or selected on (the same file, overlapping dates), by any name
+    in_sample = seen_in_training(getattr(module, "trained_on", {}), market, cfg.split)
     judged = verdict(results, market.bars_per_year, bars_per_day=market.bars_per_day, in_sample=in_sample)
     table = write_run_outputs(run_dir, results, info["command"], info, title, judged)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)

@@ -30,9 +30,9 @@ COLUMNS = (
 
 def baselines(market: Market) -> dict[str, float]:
     """The fixed weights evaluated beside the agent: buy-and-hold, flat and, when the agent's largest long
-    weight is below 1, that weight (``max_long``: the most of buy-and-hold the agent could have held)."""
+    weight is between 0 and 1, that weight (``max_long``: the most of buy-and-hold the agent could hold)."""
     hi = market.position_limits[1]
-    return {"buy_and_hold": 1.0, **({"max_long": hi} if hi < 1 else {}), "flat": 0.0}
+    return {"buy_and_hold": 1.0, **({"max_long": hi} if 0 < hi < 1 else {}), "flat": 0.0}
 
 
 @dataclass

@@ -589,7 +589,7 @@ class PPOModule(L.LightningModule):
         self._log_eval("val", res)
         vloss = self._value_loss(values, res["agent"].ledger["net_return"])
         self.log("val/value_loss", vloss, batch_size=1)
-        if self.trainer.state.fn == "fit":
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:  # a sanity check selects nothing
             self._record_val_history(res["agent"].metrics, vloss)
 
     def _value_loss(self, values: list[torch.Tensor], net_returns) -> float:

@@ -123,47 +123,68 @@ def deflated_sharpe_ratio(
 # ---- the paired test: two Sharpe ratios on the same bars ----
 
 
+def _long_run_variance(x: np.ndarray, bandwidth: float | None, prewhiten: bool) -> float:
+    """Long-run variance of a series: Bartlett kernel with Newey-West's bandwidth, after an AR(1) prewhitening
+    (the AR coefficient clipped to [-0.97, 0.97]) when ``prewhiten``."""
+    from arch.covariance.kernel import Bartlett
+
+    x = x - x.mean()
+    rho = 0.0
+    if prewhiten:
+        den = float(x[:-1] @ x[:-1])
+        rho = min(max(float(x[1:] @ x[:-1]) / den, -0.97), 0.97) if den > 0 else 0.0
+        x = x[1:] - rho * x[:-1]
+    lrv = float(np.asarray(Bartlett(x[:, None], bandwidth=bandwidth, center=prewhiten).cov.long_run)[0, 0])
+    return lrv / (1 - rho) ** 2
+
+
 def sharpe_difference_test(
-    returns: np.ndarray, benchmark: np.ndarray, bars_per_year: float, level: float = 0.95
+    returns: np.ndarray,
+    benchmark: np.ndarray,
+    bars_per_year: float,
+    level: float = 0.95,
+    bandwidth: float | None = None,
+    prewhiten: bool = True,
 ) -> dict[str, float]:
     """Ledoit & Wolf (2008) inference on Δ = SR(returns) − SR(benchmark), both measured on the same bars.
 
-    Δ is a smooth function of u = (μ₁, μ₂, E r₁², E r₂²); its standard error comes from the delta method
-    with the long-run (HAC) covariance of (r₁ − μ₁, r₂ − μ₂, r₁² − E r₁², r₂² − E r₂²), estimated with the
-    Bartlett kernel and the data-driven bandwidth of Newey & West (1994) (``arch``), so the estimates'
-    correlation, fat tails and autocorrelation (volatility clustering) all enter. A series with zero
-    variance (a flat agent) has Sharpe 0 exactly and contributes no noise.
+    Δ is a smooth function of u = (μ₁, μ₂, E r₁², E r₂²); by the delta method its variance is the long-run
+    variance of the influence series ψ_t = ∇Δ · (r₁ − μ₁, r₂ − μ₂, r₁² − E r₁², r₂² − E r₂²)_t over T, which
+    is ∇Δ' Ψ ∇Δ / T with Ψ the long-run (HAC) covariance of the moment series. It is estimated on ψ itself,
+    as Ledoit & Wolf do: prewhitened by an AR(1) fit (Andrews & Monahan 1992), then the Bartlett kernel with
+    the data-driven bandwidth of Newey & West (1994) (``arch``) on the residuals, recoloured by 1 / (1 − ρ)².
+    So the bandwidth follows the dependence that matters for Δ, and the estimates' correlation, fat tails
+    and autocorrelation all enter (``bandwidth=0, prewhiten=False`` is the i.i.d. delta method). A series with zero variance (a flat
+    agent) has a Sharpe of exactly 0 and contributes no noise; when the two series' noise cancels exactly
+    (one is a positive multiple of the other) the difference is known: 0.
 
     Returns the annualised ``diff`` and ``se``, ``z``, the one-sided ``p_value`` of H0: SR(returns) <=
     SR(benchmark) (small = evidence that ``returns`` is the better), and the two-sided ``level`` interval
     ``ci_low``/``ci_high`` of Δ.
     """
-    from arch.covariance.kernel import Bartlett
-
     a, b = np.asarray(returns, dtype=np.float64), np.asarray(benchmark, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"the paired test needs two return series of one length, got {a.shape} and {b.shape}")
     n = len(a)
     if n < 10:
         raise ValueError(f"the paired Sharpe test needs at least 10 returns, got {n}")
-    cols, grad, diff = [], [], 0.0
+    psi, diff, scale_psi = np.zeros(n), 0.0, 0.0
     for r, sign in ((a, 1.0), (b, -1.0)):
         mu, g = float(r.mean()), float(np.mean(r**2))
         var = g - mu**2
         if r.std() == 0 or var <= 0:
             continue  # Sharpe exactly 0: nothing to estimate
         diff += sign * float(r.mean() / r.std(ddof=1))
-        cols += [r - mu, r**2 - g]
-        grad += [sign * g / var**1.5, -sign * mu / (2 * var**1.5)]
+        term = sign * (g * (r - mu) - mu / 2 * (r**2 - g)) / var**1.5
+        psi += term
+        scale_psi = max(scale_psi, float(np.sqrt(np.mean(term**2))))
     se = 0.0
-    if cols:
-        y = np.column_stack(cols)
-        omega = np.asarray(Bartlett(y, center=False).cov.long_run)
-        gv = np.asarray(grad)
-        se = math.sqrt(max(float(gv @ omega @ gv), 0.0) / n)
+    if scale_psi > 0 and float(np.sqrt(np.mean(psi**2))) > 1e-9 * scale_psi:  # else: the noise cancels exactly
+        se = math.sqrt(max(_long_run_variance(psi, bandwidth, prewhiten), 0.0) / n)
+    else:
+        diff = 0.0  # identical noise (or none at all): equal Sharpe ratios up to rounding
     scale = math.sqrt(bars_per_year)
-    exact = math.copysign(math.inf, diff) if diff != 0 else 0.0  # both constant, or identical noise
-    z = diff / se if se > 0 else exact
+    z = diff / se if se > 0 else 0.0
     q = float(norm.ppf((1 + level) / 2))
     return {
         "diff": diff * scale,

@@ -109,8 +109,24 @@ def train(cfg: DictConfig) -> float:
             why = str(e) if isinstance(e, TradelabError) else f"{type(e).__name__}: {e}"
             atomic_write(run_dir / "FAILED", why + "\n")
         else:
-            shutil.rmtree(run_dir, ignore_errors=True)  # leave nothing that looks like a run
+            remove_partial_run(run_dir)  # leave nothing that looks like a run
         raise
+
+
+RUN_PRODUCTS = (".hydra", "config.yaml", "run_info.json", "tb", "checkpoints", "val_history.csv", "train.log")
+
+
+def remove_partial_run(run_dir: Path) -> None:
+    """Delete what a run that failed before its first checkpoint wrote, and the directory if that empties it
+    (a directory the user named, ``hydra.run.dir=...``, keeps anything else it holds)."""
+    for name in RUN_PRODUCTS:
+        p = run_dir / name
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink(missing_ok=True)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def _resume_config(cfg: DictConfig, run_dir: Path) -> DictConfig:

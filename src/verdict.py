@@ -26,6 +26,8 @@ IN_SAMPLE = {
     "train": "IN SAMPLE: the agent was trained on these bars, so these figures say nothing about skill",
     "val": "IN SAMPLE: the checkpoint was selected on these bars, so these figures are optimistic",
 }
+OVERLAP = "IN SAMPLE: these bars overlap the ones the agent was trained or selected on, so these figures are optimistic"
+MIN_BARS = 10  # fewer bars than this: no test, no interval (a verdict needs a sample)
 
 
 def split_significance(
@@ -34,15 +36,22 @@ def split_significance(
     """Sharpe, PSR against 0, a block-bootstrap interval, and the paired test against buy-and-hold."""
     agent = excess_series(res["agent"].ledger)
     bh = excess_series(res["buy_and_hold"].ledger)
-    boot = bootstrap_sharpe(agent, bars_per_year, level=level, min_block=bars_per_day, seed=seed)
-    paired = sharpe_difference_test(agent, bh, bars_per_year, level)
     idx = res["agent"].ledger.index
-    return {
+    out = {
         "first": str(idx[0]),
         "last": str(idx[-1]),
         "bars": len(agent),
         "sharpe": res["agent"].metrics["sharpe"],
         "buy_and_hold_sharpe": res["buy_and_hold"].metrics["sharpe"],
+    }
+    if len(agent) < MIN_BARS:  # a split this short supports no inference: say so rather than guess
+        nan = float("nan")
+        keys = ("psr_vs_zero", "sharpe_ci_low", "sharpe_ci_high", "bootstrap_block", "sharpe_minus_bh")
+        keys += ("sharpe_minus_bh_se", "sharpe_minus_bh_ci_low", "sharpe_minus_bh_ci_high", "p_value_vs_bh")
+        return out | dict.fromkeys(keys, nan)
+    boot = bootstrap_sharpe(agent, bars_per_year, level=level, min_block=bars_per_day, seed=seed)
+    paired = sharpe_difference_test(agent, bh, bars_per_year, level)
+    return out | {
         "psr_vs_zero": probabilistic_sharpe_ratio(agent, 0.0, bars_per_year),
         "sharpe_ci_low": boot["low"],
         "sharpe_ci_high": boot["high"],
@@ -89,19 +98,25 @@ def verdict(
         in_sample: whether the judged split trained or selected the agent (None: a train or val split is).
     """
     out = {s: split_significance(res, bars_per_year, level, bars_per_day=bars_per_day) for s, res in results.items()}
-    if "val" in out and len(val_sharpes) > 0:
+    if "val" in out and len(val_sharpes) > 0 and out["val"]["bars"] >= MIN_BARS:
         out["val"].update(selection(results["val"], val_sharpes, bars_per_year))
     judged = "test" if "test" in results else list(results)[-1]
     t = out[judged]
-    beat = t["p_value_vs_bh"] <= 1 - level
+    beat = bool(t["p_value_vs_bh"] <= 1 - level)  # False when NaN (too few bars)
     out["level"] = level
     out["judged_split"] = judged
     out["in_sample"] = (judged in IN_SAMPLE) if in_sample is None else bool(in_sample)
     out["beat_buy_and_hold"] = bool(beat)
     where = f"{judged} period ({t['first'][:10]} to {t['last'][:10]}, {t['bars']} bars)"
     if out["in_sample"]:
-        where += f" ({IN_SAMPLE.get(judged, 'IN SAMPLE')})"
+        where += f" ({IN_SAMPLE.get(judged, OVERLAP)})"
     pct = f"{100 * level:.0f}%"
+    if t["bars"] < MIN_BARS:
+        out["sentence"] = (
+            f"On the {where} the agent did NOT beat buy-and-hold: {t['bars']} bars are too few for any test "
+            f"(at least {MIN_BARS}); Sharpe {t['sharpe']:.2f} vs {t['buy_and_hold_sharpe']:.2f}."
+        )
+        return out
     out["sentence"] = (
         f"On the {where} the agent {'BEAT' if beat else 'did NOT beat'} buy-and-hold at the {pct} level: Sharpe "
         f"{t['sharpe']:.2f} vs {t['buy_and_hold_sharpe']:.2f}, a difference of {t['sharpe_minus_bh']:+.2f} "

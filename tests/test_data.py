@@ -171,7 +171,9 @@ def _stamped(csv_text: str, time_and_offset: str) -> str:
     return "\n".join([lines[0], *(f"{r[:10]}T{time_and_offset}{r[10:]}" for r in lines[1:])]) + "\n"
 
 
-@pytest.mark.parametrize("stamp", ["00:00:00+01:00", "00:00:00+09:00", "20:00:00-05:00", "16:00:00Z", "00:00:00Z"])
+@pytest.mark.parametrize(
+    "stamp", ["00:00:00+01:00", "00:00:00+09:00", "20:00:00-05:00", "16:00:00Z", "00:00:00Z", "23:00:00Z"]
+)
 def test_daily_bars_with_an_offset_are_annualised_in_their_own_calendar(tmp_path, csv_text, stamp):
     import warnings
 
@@ -182,7 +184,14 @@ def test_daily_bars_with_an_offset_are_annualised_in_their_own_calendar(tmp_path
     assert m.bars_per_year == 252 and m.bars_per_day == 1
     if stamp in ("00:00:00+01:00", "00:00:00+09:00", "20:00:00-05:00"):
         # in UTC these weekday bars land partly on weekends: the old inference said 365 (Sharpe x1.20)
-        assert infer_bars_per_year(df.index) == 365
+        assert (df.index.tz_convert(None).day_of_week >= 5).mean() > 0.15
+
+
+def test_a_sunday_to_thursday_market_trades_252_days(bars):
+    days = pd.date_range("2023-01-01", periods=600, freq="D", tz="UTC")
+    sun_thu = days[days.day_of_week.isin([6, 0, 1, 2, 3])][: len(bars)]  # e.g. Tadawul, or Europe written in UTC
+    m = build_market(bars.iloc[: len(sun_thu)].set_axis(sun_thu), name="x", source="s", data_hash="0", window=10)
+    assert m.bars_per_year == 252
 
 
 def test_hourly_24_7_bars_with_an_offset(tmp_path):
@@ -194,12 +203,12 @@ def test_hourly_24_7_bars_with_an_offset(tmp_path):
 
 
 def test_an_ambiguous_calendar_is_refused_unless_bars_per_year_is_given(bars):
-    # weekday bars plus a Sunday session every other week (e.g. an FX file with Sunday-evening opens):
-    # 8% of the bars on weekends is neither a weekday (252) nor a 7-day (365) market
+    # weekday bars plus a Sunday session every fourth week (e.g. an FX file with Sunday-evening opens):
+    # Sunday carries a share of the bars that is neither a trading day's nor a stray session's
     days = pd.date_range("2023-01-01", periods=600, freq="D", tz="UTC")
-    keep = (days.day_of_week < 5) | ((days.day_of_week == 6) & (days.isocalendar().week.to_numpy() % 2 == 0))
+    keep = (days.day_of_week < 5) | ((days.day_of_week == 6) & (days.isocalendar().week.to_numpy() % 4 == 0))
     fx = bars.iloc[: int(keep.sum())].set_axis(days[keep][: len(bars)])
-    with pytest.raises(DataError, match="set env.bars_per_year"):
+    with pytest.raises(DataError, match="5 weekdays and irregularly on another .* set env.bars_per_year"):
         build_market(fx, name="x", source="fx.csv", data_hash="0", window=10)
     assert build_market(fx, name="x", source="fx.csv", data_hash="0", window=10, bars_per_year=260).bars_per_year == 260
 
@@ -330,6 +339,7 @@ def test_costs_are_numbers_with_a_one_line_error():
         Costs(commission_bps="abc")
     with pytest.raises(ConfigError, match=r"env.costs.borrow_bps must be >= 0, got -1"):
         Costs(borrow_bps=-1)
+    assert Costs(cash_rate_bps=-75).cash_rate == -0.0075  # negative deposit rates happen (EUR, CHF 2015-21)
     c = Costs(commission_bps=1, spread_bps=2, slippage_bps=1, cash_rate_bps=450, borrow_bps=30, margin_rate_bps=600)
     assert c.rate == pytest.approx(3e-4) and (c.cash_rate, c.borrow_rate, c.margin_rate) == pytest.approx(
         (0.045, 0.003, 0.06)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hydra.utils import instantiate
@@ -112,8 +113,6 @@ def test_bad_config_is_refused_before_training(tiny_cfg, tmp_path, capsys):
 def test_the_verdict_counts_every_validation_check(tiny_cfg, tmp_path):
     """Issue 18: the best checkpoint is not the last; the report says it was selected from every check, and
     the deflated Sharpe ratio is the one recomputed by hand from val_history.csv and trades_val.csv."""
-    import numpy as np
-
     from src.stats import expected_max, probabilistic_sharpe_ratio
 
     fix = ["+callbacks.fix._target_=tests.helpers.FixPolicy", "+callbacks.fix.positions=[0.95,-0.95,0.0,0.0,0.0]"]
@@ -138,6 +137,20 @@ def test_the_verdict_counts_every_validation_check(tiny_cfg, tmp_path):
     assert "selected on validation from all 5 validation checks" in report
     assert f"is {dsr:.3f}" in report
     assert np.isfinite(dsr)
+
+
+def test_in_sample_is_decided_by_the_bars_not_the_name():
+    from src.data import load_market
+    from src.evaluate import seen_in_training
+
+    m = load_market("data/tsla_daily.csv")
+    trained = m.describe()
+    assert seen_in_training(trained, m, "val") and seen_in_training(trained, m, "train")
+    assert not seen_in_training(trained, m, "test")
+    # the same file split differently: its "test" split reaches back into the checkpoint's validation bars
+    other = load_market("data/tsla_daily.csv", split={"train": 0.5, "val": 0.2})
+    assert seen_in_training(trained, other, "test")
+    assert not seen_in_training({**trained, "sha256": "0"}, other, "test")  # other data: never seen
 
 
 def test_evaluate_refuses_a_checkpoint_whose_data_changed(tiny_cfg, tmp_path):
@@ -165,14 +178,51 @@ def test_evaluate_refuses_a_checkpoint_whose_data_changed(tiny_cfg, tmp_path):
         ("optimizer=soap", None),  # a valid choice: only the next override is wrong
     ],
 )
-def test_bad_values_stop_the_run_before_anything_is_written(tiny_cfg, tmp_path, capsys, override, message):
+def test_bad_values_stop_the_run_before_anything_is_written(
+    tiny_cfg, tmp_path, capsys, monkeypatch, override, message
+):
+    import src.train
+
+    written = []
+    monkeypatch.setattr(src.train, "atomic_write", lambda path, data: written.append(path))
     extra = [override] if message else [override, "optimizer.betas=[0.9,1.2]"]
     message = message or "optimizer.betas[1] must be >= 0 and < 1, got 1.2"
     with pytest.raises(SystemExit) as e:
         train(tiny_cfg(*extra))
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.strip() == f"error: {message}"  # one line, naming the key
-    assert not (tmp_path / "run").exists()  # no config.yaml, run_info.json or tb/ left behind
+    assert written == []  # refused before config.yaml or run_info.json was written, not cleaned up after
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_run_removes_only_what_it_wrote(tiny_cfg, tmp_path, capsys):
+    keep = tmp_path / "run" / "notes.txt"  # the user's own file in a directory they named
+    keep.parent.mkdir()
+    keep.write_text("mine")
+    with pytest.raises(SystemExit):
+        train(tiny_cfg("optimizer.lr=-0.1", run_dir=tmp_path / "run"))
+    assert keep.read_text() == "mine" and sorted(p.name for p in keep.parent.iterdir()) == ["notes.txt"]
+    assert "optimizer.lr" in capsys.readouterr().err
+
+
+def test_buy_and_hold_stays_fully_long_and_the_report_states_the_assumptions(tiny_cfg, tmp_path):
+    train(tiny_cfg("env.position_limits=[-0.5,0.5]"))
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert metrics[split]["buy_and_hold"]["exposure"] == pytest.approx(1.0)  # 100% long, whatever the limits
+        assert metrics[split]["max_long"]["exposure"] == pytest.approx(0.5, abs=0.01)  # labelled separately
+        assert metrics[split]["agent"]["exposure"] <= 0.5 + 0.02  # the agent's own limit (drift within the band)
+    report = (run / "report.md").read_text()
+    assert "max long within limits" in report and "Buy-and-hold is 100% long the asset throughout" in report
+    assumptions = report[report.index("## Assumptions") :]
+    for text in ("borrow fee of 30 bp a year", "pays 600 bp a year", "earns 0 bp a year", "dividends: none",
+                 "position limits [-0.5, 0.5]", "fills at the next bar's open", "ACT/365"):  # fmt: skip
+        assert text in assumptions, text
+    ledger = pd.read_csv(run / "trades_test.csv")
+    assert {"dividend", "financing", "risk_free", "buy_and_hold_dividend"} <= set(ledger)
+    net = ledger.gross_return + ledger.dividend + ledger.financing - ledger.cost
+    assert np.allclose(net, ledger.net_return, atol=1e-7)
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -43,8 +43,8 @@ class Costs:
     margin_rate_bps: float = 0.0
 
     def __post_init__(self) -> None:
-        for k in (*TRADING, *FINANCING):
-            setattr(self, k, number(getattr(self, k), f"env.costs.{k}", low=0.0))
+        for k in (*TRADING, *FINANCING):  # cash may earn a negative rate (EUR and CHF deposits, 2015-21)
+            setattr(self, k, number(getattr(self, k), f"env.costs.{k}", low=None if k == "cash_rate_bps" else 0.0))
 
     @property
     def rate(self) -> float:
@@ -66,7 +66,7 @@ class Costs:
     @property
     def finances(self) -> bool:
         """Whether any financing rate is non-zero."""
-        return any(getattr(self, k) > 0 for k in FINANCING)
+        return any(getattr(self, k) != 0 for k in FINANCING)
 
 
 def financing(weight: np.ndarray, years: np.ndarray, costs: Costs) -> np.ndarray:

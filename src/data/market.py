@@ -29,20 +29,33 @@ SPLITS = ("train", "val", "test")
 NORM_CLIP = 10.0  # a fixed constant, so clipping looks at no data
 
 
-WEEKDAY_MARKET = 0.005  # at most this share of bars on a Saturday or Sunday: a weekday market (252 days)
-SEVEN_DAY_MARKET = (0.2, 0.35)  # a 7-day market has 2/7 = 28.6% of its bars on weekends (365 days)
+TRADING_DAY = 0.5  # a weekday trades when it carries at least half as many bars as the busiest weekday
+STRAY = 0.005  # a weekday with fewer bars than this share of all (a one-off session) is ignored
+
+
+def trading_weekdays(ts: pd.DatetimeIndex) -> tuple[int, bool]:
+    """How many weekdays carry a regular share of the bars, and whether any carries an irregular one.
+
+    A weekday trades when it has at least half as many bars as the busiest weekday; one with fewer (but more
+    than a stray session, 0.5% of the bars) is irregular: a Sunday-evening FX open, a market half a week long.
+    """
+    shares = np.bincount(np.asarray(ts.day_of_week), minlength=7) / len(ts)
+    trading = shares >= TRADING_DAY * shares.max()
+    irregular = bool(((shares > STRAY) & ~trading).any())
+    return int(trading.sum()), irregular
 
 
 def infer_calendar(ts: pd.DatetimeIndex, source: str = "data", need_bars_per_year: bool = True) -> tuple[float, int]:
     """Bars per year and bars per trading day, from timestamps *as written* (local wall-clock time).
 
-    The trading days a year come from the share of bars on a Saturday or Sunday in the data's own local
-    calendar: about none gives 252 (a weekday market), about 2/7 gives 365 (a 7-day market); anything
-    between (e.g. an FX file with Sunday-evening opens) is ambiguous and refused, asking for
-    ``env.bars_per_year``. (Converting to UTC first would move a ``T00:00+01:00`` weekday bar to the
-    previous day, put a fifth of the bars on weekends and annualise as 365.) Daily bars give 252 or 365;
-    intraday bars the median number of bars per local date times the days: 26 x 252 = 6552 for 15-minute
-    regular-session stock bars, 24 x 365 = 8760 for hourly 24/7 crypto; weekly or coarser, calendar time.
+    The trading days a year come from the weekdays that carry bars in the data's own local calendar: five
+    weekdays give 252 (a weekday market: Monday-Friday, or Sunday-Thursday), seven give 365 (a 7-day market);
+    anything else (six days, or a weekday with an irregular share of the bars, such as an FX file's
+    Sunday-evening opens) is ambiguous and refused, asking for ``env.bars_per_year``. (Converting to UTC first
+    would move a ``T00:00+01:00`` weekday bar to the previous day, put a fifth of the bars on weekends and
+    annualise as 365.) Daily bars give 252 or 365; intraday bars the median number of bars per local date
+    times the days: 26 x 252 = 6552 for 15-minute regular-session stock bars, 24 x 365 = 8760 for hourly 24/7
+    crypto; weekly or coarser, calendar time.
     """
     if len(ts) < 3:
         raise DataError(f"{source}: too few bars to infer the bar size")
@@ -50,15 +63,14 @@ def infer_calendar(ts: pd.DatetimeIndex, source: str = "data", need_bars_per_yea
     per_day = int(max(pd.Series(1, index=ts).groupby(ts.normalize()).size().median(), 1))
     if step >= pd.Timedelta(days=5):
         return 365.25 / (step / pd.Timedelta(days=1)), 1  # weekly or coarser: calendar based
-    weekend = float((ts.day_of_week >= 5).mean())
-    if weekend <= WEEKDAY_MARKET:
-        days = 252.0
-    elif SEVEN_DAY_MARKET[0] <= weekend <= SEVEN_DAY_MARKET[1]:
-        days = 365.0
+    weekdays, irregular = trading_weekdays(ts)
+    if weekdays in (5, 7) and not irregular:
+        days = 252.0 if weekdays == 5 else 365.0
     elif need_bars_per_year:
         raise DataError(
-            f"{source}: cannot infer bars per year: {100 * weekend:.1f}% of the bars fall on a Saturday or Sunday "
-            f"in the file's own local time (a weekday market has none, a 7-day market 28.6%); set env.bars_per_year"
+            f"{source}: cannot infer bars per year: the bars fall on {weekdays} weekdays"
+            f"{' and irregularly on another' if irregular else ''} in the file's own local time (a weekday market "
+            "trades on 5, a 7-day market on 7); set env.bars_per_year"
         )
     else:
         days = 252.0  # not used: env.bars_per_year is given
@@ -139,7 +151,7 @@ class Market:
         """One line on the dividends this market pays (in ``split``, or in the whole file)."""
         if "dividend" not in self.bars:
             return (
-                "none: the file has no dividend column (prices not dividend-adjusted understate a dividend "
+                "none: the data has no dividend column (prices not dividend-adjusted understate a dividend "
                 "payer's long positions and buy-and-hold by its yield, and flatter flat and short ones)"
             )
         a, b = self.splits[split] if split else (0, len(self.bars))
