@@ -154,9 +154,9 @@ def sharpe_difference_test(
     as Ledoit & Wolf do: prewhitened by an AR(1) fit (Andrews & Monahan 1992), then the Bartlett kernel with
     the data-driven bandwidth of Newey & West (1994) (``arch``) on the residuals, recoloured by 1 / (1 − ρ)².
     So the bandwidth follows the dependence that matters for Δ, and the estimates' correlation, fat tails
-    and autocorrelation all enter (``bandwidth=0, prewhiten=False`` is the i.i.d. delta method). A series with zero variance (a flat
-    agent) has a Sharpe of exactly 0 and contributes no noise; when the two series' noise cancels exactly
-    (one is a positive multiple of the other) the difference is known: 0.
+    and autocorrelation all enter (``bandwidth=0, prewhiten=False`` is the i.i.d. delta method). A series
+    with zero variance (a flat agent) has a Sharpe of exactly 0 and contributes no noise; when the two
+    series' noise cancels exactly (one is a positive multiple of the other) the difference is known: 0.
 
     Returns the annualised ``diff`` and ``se``, ``z``, the one-sided ``p_value`` of H0: SR(returns) <=
     SR(benchmark) (small = evidence that ``returns`` is the better), and the two-sided ``level`` interval

@@ -178,9 +178,7 @@ def test_evaluate_refuses_a_checkpoint_whose_data_changed(tiny_cfg, tmp_path):
         ("optimizer=soap", None),  # a valid choice: only the next override is wrong
     ],
 )
-def test_bad_values_stop_the_run_before_anything_is_written(
-    tiny_cfg, tmp_path, capsys, monkeypatch, override, message
-):
+def test_bad_values_stop_the_run_before_anything_is_written(tiny_cfg, tmp_path, capsys, monkeypatch, override, message):
     import src.train
 
     written = []
