@@ -185,13 +185,14 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
 Best trial {best.number}: validation Sharpe {best.value:.3f} with `{" ".join(f"{k}={v}" for k, v in params.items())}`
 (run: `{run}`). Start a run from these parameters with `python -m src.train from_sweep={sweep_dir}`.
 
-Selection: the best trial's checkpoint was chosen among {bench["checks"]} validation checks over {bench["trials"]}
-trials. Checks of one trial are correlated, so they count as **{bench["effective_trials"]:.1f} effective trials**
-(a trial of m checks counts ρ + (1 − ρ)·m, with ρ = 1 − V_trial / V the intraclass correlation of its checks'
-Sharpe ratios; `src/stats.py`, `selection_benchmark`, and `docs/statistics.md`). By luck alone the best would
-reach a validation Sharpe of about {bench["expected_max_sharpe"]:.3f} (√V·E[max of N], Bailey & López de Prado 2014,
-with V = {bench["sharpe_std"]:.3f}² the variance of every check's Sharpe). Deflated Sharpe ratio of the best trial: **{dsr:.3f}** (the probability that
-its true validation Sharpe beats that bar).
+Selection: the best trial's checkpoint was chosen among {bench["checks"]} validation checks over
+{bench["trials"]} trials. Checks of one trial are correlated, so they count as
+**{bench["effective_trials"]:.1f} effective trials** (a trial of m checks counts ρ + (1 − ρ)·m, with
+ρ = 1 − V_trial / V the intraclass correlation of its checks' Sharpe ratios; `src/stats.py`,
+`selection_benchmark`, and `docs/statistics.md`). By luck alone the best would reach a validation Sharpe
+of about {bench["expected_max_sharpe"]:.3f} (√V·E[max of N], Bailey & López de Prado 2014, with
+V = {bench["sharpe_std"]:.3f}² the variance of every check's Sharpe). Deflated Sharpe ratio of the best
+trial: **{dsr:.3f}** (the probability that its true validation Sharpe beats that bar).
 
 Its test period, evaluated once: {verdict}
 
