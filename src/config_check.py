@@ -75,10 +75,7 @@ def check_types(cfg: DictConfig, choices: dict[str, str]) -> None:
         for key, default in _leaves(_option_defaults(group, choices[group]), group):
             if key not in given or isinstance(default, bool) or not isinstance(default, int | float):
                 continue
-            value = given[key]
-            if value is None and default is None:
-                continue
-            number(value, key, integer=isinstance(default, int))
+            number(given[key], key, integer=isinstance(default, int))
 
 
 _POSITIVE = {"low": 0.0, "low_open": True}

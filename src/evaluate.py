@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import hydra
+import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,7 +46,8 @@ def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
     keep = {"window": train_cfg.env.window, "position_limits": train_cfg.env.position_limits}
     env = OmegaConf.merge(env_cfg, keep) if env_cfg else train_cfg.env
     module = PPOModule(cfg, build(env))
-    saved = ckpt.get("tradelab", {}).get("market", {}).get("sha256")
+    trained_on = ckpt.get("tradelab", {}).get("market", {})  # the checkpoint's data: its hash and split dates
+    saved = trained_on.get("sha256")
     if not env_cfg and saved is not None and saved != module.market.data_hash:
         raise ConfigError(
             f"ckpt_path: the checkpoint was trained on data with SHA-256 {saved[:12]}..., but "
@@ -53,7 +55,7 @@ def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
             "normalisation with it); evaluate it with env=... to test it on other data deliberately"
         )
     module.load_state_dict(ckpt["state_dict"])
-    module.trained_on = ckpt.get("tradelab", {}).get("market", {})  # the checkpoint's data: hash and split dates
+    module.trained_on = trained_on
     return module.eval()
 
 
@@ -62,9 +64,8 @@ def seen_in_training(trained_on: dict, market, split: str) -> bool:
     data (SHA-256) and dates within its train or validation period, whatever the env is called."""
     if trained_on.get("sha256") != market.data_hash or "train" not in trained_on or "val" not in trained_on:
         return False
-    import pandas as pd
-
-    first, last = (pd.Timestamp(market.describe()[split][k]) for k in ("first", "last"))
+    a, b = market.splits[split]
+    first, last = market.bars.index[a], market.bars.index[b - 1]
     seen_first, seen_last = pd.Timestamp(trained_on["train"]["first"]), pd.Timestamp(trained_on["val"]["last"])
     return first <= seen_last and last >= seen_first
 

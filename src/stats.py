@@ -107,8 +107,7 @@ def selection_benchmark(candidates: Sequence[float] | Sequence[Sequence[float]],
         n_eff += rho + (1 - rho) * len(g) if len(groups) > 1 else len(g)
     out["effective_trials"] = n_eff
     out["sharpe_std"] = math.sqrt(v)
-    out["expected_max_sharpe"] = math.sqrt(v) * expected_max(n_eff)
-    del bars_per_year  # annualised in, annualised out: the scale cancels
+    out["expected_max_sharpe"] = math.sqrt(v) * expected_max(n_eff)  # annualised in, annualised out
     return out
 
 

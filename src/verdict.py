@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from src.evaluation import EvalResult, excess_series
 from src.stats import (
     bootstrap_sharpe,
-    deflated_sharpe_ratio,
     probabilistic_sharpe_ratio,
     selection_benchmark,
     sharpe_difference_test,
@@ -69,12 +68,13 @@ def selection(val: dict[str, EvalResult], val_sharpes: Sequence[float], bars_per
     selected from (:func:`src.stats.selection_benchmark`: N = the number of checks, V their variance)."""
     bench = selection_benchmark(list(val_sharpes), bars_per_year)
     returns = excess_series(val["agent"].ledger)
+    dsr = probabilistic_sharpe_ratio(returns, bench["expected_max_sharpe"], bars_per_year)  # the deflated SR
     return {
         "selected_from": bench["checks"],
         "effective_trials": bench["effective_trials"],
         "checks_sharpe_std": bench["sharpe_std"],
         "expected_max_sharpe": bench["expected_max_sharpe"],
-        "deflated_sharpe_ratio": deflated_sharpe_ratio(returns, list(val_sharpes), bars_per_year),
+        "deflated_sharpe_ratio": dsr,
     }
 
 

@@ -125,7 +125,7 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
 
     from src.evaluation import excess_series
     from src.reporting import atomic_write
-    from src.stats import deflated_sharpe_ratio, selection_benchmark
+    from src.stats import probabilistic_sharpe_ratio, selection_benchmark
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -174,7 +174,7 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
     val_returns = excess_series(pd.read_csv(run / "trades_val.csv"))
     candidates = [g for g in groups if len(g)] or [np.array([best.value])]
     bench = selection_benchmark(candidates, bpy)
-    dsr = deflated_sharpe_ratio(val_returns, candidates, bpy)
+    dsr = probabilistic_sharpe_ratio(val_returns, bench["expected_max_sharpe"], bpy)  # the deflated SR
     verdict = json.loads((run / "metrics.json").read_text()).get("verdict", {}).get("sentence", "")
     shown = table.drop(columns=["run_dir"]).to_string(index=False, float_format=lambda v: f"{v:.4g}")
     md = f"""# Optuna sweep: {study.study_name}

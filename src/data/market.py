@@ -147,15 +147,14 @@ class Market:
             setattr(self, k, getattr(self, k).to(device))
         return self
 
-    def dividends(self, split: str | None = None) -> str:
-        """One line on the dividends this market pays (in ``split``, or in the whole file)."""
+    def dividends(self) -> str:
+        """One line on the dividends this market pays."""
         if "dividend" not in self.bars:
             return (
                 "none: the data has no dividend column (prices not dividend-adjusted understate a dividend "
                 "payer's long positions and buy-and-hold by its yield, and flatter flat and short ones)"
             )
-        a, b = self.splits[split] if split else (0, len(self.bars))
-        paid = int((self.dividend[a:b] != 0).sum())
+        paid = int((self.dividend != 0).sum())
         return f"from the file's dividend column: {paid} payment{'s' * (paid != 1)}, to longs and charged to shorts"
 
     def decision_range(self, split: str) -> tuple[int, int]:

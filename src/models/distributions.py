@@ -28,7 +28,7 @@ class ScaledBeta:
             raise ValueError(f"a ScaledBeta needs low < high, got [{low}, {high}]")
         self.alpha, self.beta = alpha, beta
         self.low, self.width = float(low), float(high) - float(low)
-        self._log_width = LOG2 if self.width == 2.0 else math.log(self.width)
+        self._log_width = math.log(self.width)
         self._d = Beta(alpha, beta, validate_args=False)
 
     def sample(self) -> torch.Tensor:
