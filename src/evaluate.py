@@ -22,6 +22,7 @@ from src.data.market import SPLITS
 from src.errors import ConfigError
 from src.evaluation import evaluate_split
 from src.lit_module import PPOModule
+from src.lit_state import refuse_changed_data
 from src.reporting import write_run_outputs
 from src.utils import build, command_line, git_revision, one_line_errors
 from src.verdict import verdict
@@ -47,13 +48,9 @@ def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
     env = OmegaConf.merge(env_cfg, keep) if env_cfg else train_cfg.env
     module = PPOModule(cfg, build(env))
     trained_on = ckpt.get("tradelab", {}).get("market", {})  # the checkpoint's data: its hash and split dates
-    saved = trained_on.get("sha256")
-    if not env_cfg and saved is not None and saved != module.market.data_hash:
-        raise ConfigError(
-            f"ckpt_path: the checkpoint was trained on data with SHA-256 {saved[:12]}..., but "
-            f"{module.market.source} now has {module.market.data_hash[:12]}...: the data changed (its splits and "
-            "normalisation with it); evaluate it with env=... to test it on other data deliberately"
-        )
+    if not env_cfg:  # another env is other data on purpose
+        remedy = "its splits and normalisation came from the old file; name env=... to test it on other data"
+        refuse_changed_data(trained_on.get("sha256"), module.market, remedy, prefix="ckpt_path: ")
     module.load_state_dict(ckpt["state_dict"])
     module.trained_on = trained_on
     return module.eval()

@@ -9,14 +9,15 @@ Manual optimisation: the PPO epochs and minibatches are looped explicitly in
 ``training_step`` and every ``optimizer.step()`` counts as one Lightning
 global step, so ``trainer.max_steps`` is a budget of gradient updates.
 Validation walks the validation split deterministically; test walks the test
-split once at the end of the run, with the selected (best) weights.
+split once at the end of the run, with the selected (best) weights
+(:mod:`src.lit_eval`); what checkpoints carry besides the weights is in
+:mod:`src.lit_state`.
 """
 
 from __future__ import annotations
 
 import time
 from functools import partial
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -25,16 +26,17 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from src.augment import Augmenter
-from src.checkpoint import rng_state, set_rng_state
 from src.data.market import Market
 from src.envs.augmented_env import AugmentedEnv
 from src.envs.market_env import MarketEnv, Obs
 from src.errors import ConfigError, NumericalFault
-from src.evaluation import EvalResult, ModelPolicy, evaluate_split
+from src.evaluation import EvalResult
+from src.lit_eval import EvaluationHooks
+from src.lit_state import CheckpointHooks
 from src.models.ensemble import Ensemble, EnsembleConfig
 from src.optim.clip import clip_grad_norm_, clipped
 from src.optim.schedules import lr_multiplier
-from src.rl.gae import compute_gae, discounted_returns
+from src.rl.gae import compute_gae
 from src.rl.grpo import GRPOConfig, group_advantages, grpo_loss
 from src.rl.her import GoalTracker, relabel_future
 from src.rl.icm import ICM
@@ -68,7 +70,7 @@ class _Joint(nn.Module):
         return hidden_matrices(self.policy)[0]
 
 
-class PPOModule(L.LightningModule):
+class PPOModule(EvaluationHooks, CheckpointHooks, L.LightningModule):
     """Actor-critic + PPO (or GRPO) on a :class:`Market`.
 
     Args:
@@ -560,155 +562,6 @@ class PPOModule(L.LightningModule):
         from lightning.pytorch.loggers import TensorBoardLogger
 
         return self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
-
-    # ---- evaluation ----
-    def policy(self, values: list[torch.Tensor] | None = None) -> ModelPolicy:
-        """The deterministic evaluation policy; goal-conditioned agents get ``replay.eval_goal``."""
-        goals = None
-        if self.replay_cfg is not None and self.replay_cfg.goal_conditioned:
-            goals = GoalTracker(
-                self.replay_cfg,
-                1,
-                self.market.bars_per_year,
-                self.ppo.reward_scale,
-                self.market.device,
-                fixed_goal=self.replay_cfg.eval_goal,
-            )
-        return ModelPolicy(self.model, values, goals)
-
-    def _evaluate(self, split: str, values: list[torch.Tensor] | None = None) -> dict[str, EvalResult]:
-        self.model.eval()
-        res = evaluate_split(self.market, split, self.policy(values))
-        self.results[split] = res
-        return res
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._check_weights("before validation")
-        values: list[torch.Tensor] = []
-        res = self._evaluate("val", values)
-        self._log_eval("val", res)
-        vloss = self._value_loss(values, res["agent"].ledger["net_return"])
-        self.log("val/value_loss", vloss, batch_size=1)
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:  # a sanity check selects nothing
-            self._record_val_history(res["agent"].metrics, vloss)
-
-    def _value_loss(self, values: list[torch.Tensor], net_returns) -> float:
-        """Validation loss: the critic's squared error against the discounted return actually earned
-        along the deterministic validation path (rewards as in training; the last value bootstraps)."""
-        v = torch.stack(values).double().cpu()
-        r = torch.log1p(torch.tensor(net_returns.to_numpy(), dtype=torch.float64)) * self.ppo.reward_scale
-        g = discounted_returns(r, self.ppo.gamma, bootstrap=v[-1])
-        return float(((v - g) ** 2).mean())
-
-    def _record_val_history(self, m: dict, value_loss: float) -> None:
-        """``val_history.csv`` in the run directory: one row per validation, for learning curves."""
-        from src.reporting import atomic_write
-
-        self.val_history.append(
-            {
-                "gradient_steps": self.global_step,
-                "env_steps": self.env_steps,
-                **{k: m[k] for k in ("sharpe", "total_return", "max_drawdown", "exposure")},
-                "value_loss": value_loss,
-            }
-        )
-        if self.trainer.is_global_zero:
-            rows = [",".join(self.val_history[0])] + [
-                ",".join(f"{v:.10g}" for v in r.values()) for r in self.val_history
-            ]
-            atomic_write(Path(self.trainer.default_root_dir) / "val_history.csv", "\n".join(rows) + "\n")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._log_eval("best_val", self._evaluate("val"))  # the selected model's validation figures
-        self._log_eval("test", self._evaluate("test"))  # evaluated once, after selection
-
-    def _log_eval(self, prefix: str, res: dict[str, EvalResult]) -> None:
-        members = {n: r.metrics["sharpe"] for n, r in res.items() if n.startswith("member_")}
-        if members:  # each member alone beside the ensemble
-            self.log_dict({f"{prefix}/{n}_sharpe": float(v) for n, v in members.items()}, batch_size=1)
-        m = res["agent"].metrics
-        keys = ("total_return", "max_drawdown", "win_rate", "trades", "final_equity", "sortino", "turnover")
-        self.log_dict({f"{prefix}/{k}": float(m[k]) for k in keys}, batch_size=1, prog_bar=False)
-        self.log(f"{prefix}/sharpe", float(m["sharpe"]), batch_size=1, prog_bar=True)
-        self.log(f"{prefix}/bh_sharpe", float(res["buy_and_hold"].metrics["sharpe"]), batch_size=1)
-        tb = self._tb()
-        if tb is not None:
-            from src.reporting import equity_figure
-
-            tb.add_figure(
-                f"{prefix}/equity_curve", equity_figure(res, f"{self.market.name} {prefix}"), self.global_step
-            )
-
-    # ---- checkpoint: env, RNG, fault counters and history travel with the weights ----
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self._check_weights("at a checkpoint")  # a NaN model is never saved, as best or as last
-        checkpoint["tradelab"] = {
-            "env_steps": self.env_steps,
-            "market": self.market.describe(),
-            "rng": rng_state(),
-            "faults": dict(self.faults),
-            "val_history": [dict(r) for r in self.val_history],
-            "episode_log_growth": None if self._ep_acc is None else self._ep_acc.cpu(),
-            "iterations": self.iterations,
-        }
-        if self.replay is not None:  # replay contents and priorities, so a resumed run samples the same
-            checkpoint["tradelab"]["replay"] = self.replay.state_dict()
-        if self.goals is not None:
-            checkpoint["tradelab"]["goals"] = {**self.goals.state_dict(), "generator": self.goals.gen.get_state()}
-        if self.switched_augmentation is not None:
-            checkpoint["tradelab"]["switched_augmentation"] = self.switched_augmentation
-        if self.env is not None:
-            checkpoint["tradelab"]["env"] = self.env.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("tradelab", {})
-        saved_hash = state.get("market", {}).get("sha256")
-        if saved_hash is not None and saved_hash != self.market.data_hash:
-            raise ConfigError(
-                f"the checkpoint was trained on data with SHA-256 {saved_hash[:12]}..., but {self.market.source} "
-                f"now has {self.market.data_hash[:12]}...: the data changed; start a new run"
-            )
-        self.env_steps = int(state.get("env_steps", 0))
-        self.faults = dict(state.get("faults", self.faults))
-        self.val_history = [dict(r) for r in state.get("val_history", [])]
-        acc = state.get("episode_log_growth")
-        self._ep_acc = None if acc is None else acc.to(self.device)
-        self._saved_rng = state.get("rng")
-        self._saved_env = state.get("env")
-        self.iterations = int(state.get("iterations", 0))
-        switched = state.get("switched_augmentation")
-        if switched is not None and self.augmenter is None:  # the target run had switched it on: same env again
-            self.augmenter = build(OmegaConf.create(switched))
-            self.switched_augmentation = dict(switched)
-            if self.env is not None:
-                self.env = self._train_env(self.env.gen)
-        self._saved_extra = {k: state[k] for k in ("replay", "goals") if k in state}
-        fitting = self._trainer is None or self.trainer.state.fn == "fit"  # test() loads weights, not episodes
-        if self.env is not None and self._saved_env is not None and fitting:
-            self._restore_env(self._saved_env)
-        if self.env is not None:
-            self._restore_extra(self._saved_extra)
-
-    def _restore_extra(self, saved: dict) -> None:
-        if self.replay is not None and "replay" in saved:
-            self.replay.load_state_dict(saved["replay"])
-        if self.goals is not None and "goals" in saved:
-            self.goals.load_state_dict(saved["goals"])
-            self.goals.gen.set_state(saved["goals"]["generator"])
-
-    def on_train_start(self) -> None:
-        # after Lightning's restore and loop set-up: the next draw is the one the interrupted run made next
-        if self._saved_rng is not None:
-            set_rng_state(self._saved_rng)
-            self._saved_rng = None
-
-    def _restore_env(self, saved: dict) -> None:
-        e = self.env
-        try:
-            e.load_state_dict(saved)
-        except (KeyError, ValueError) as err:
-            raise ConfigError(f"the checkpoint's env state does not fit this run's env: {err}") from None
-        self.obs = e.observe(e.t, e.position)
 
 
 def _first_nonfinite(*named: tuple[str, torch.Tensor]) -> str | None:
