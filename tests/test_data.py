@@ -183,8 +183,21 @@ def test_daily_bars_with_an_offset_are_annualised_in_their_own_calendar(tmp_path
         m = build_market(df, name="x", source="tz.csv", data_hash="0", window=10)
     assert m.bars_per_year == 252 and m.bars_per_day == 1
     if stamp in ("00:00:00+01:00", "00:00:00+09:00", "20:00:00-05:00"):
-        # in UTC these weekday bars land partly on weekends: the old inference said 365 (Sharpe x1.20)
+        # in UTC these weekday bars land partly on weekends: the old weekend-share inference said 365 (x1.20)
         assert (df.index.tz_convert(None).day_of_week >= 5).mean() > 0.15
+
+
+def test_an_intraday_session_across_utc_midnight_uses_its_local_dates(tmp_path):
+    # Sydney's 10:00-16:00 session at +11:00 is 23:00-05:00 UTC: in UTC each session straddles two dates and
+    # Sunday carries bars; in the file's own time it is 24 quarter-hours a weekday: 24 x 252 bars a year
+    days = pd.bdate_range("2024-01-01", periods=60)
+    stamps = [d + pd.Timedelta(hours=10) + i * pd.Timedelta(minutes=15) for d in days for i in range(24)]
+    rows = [f"{t.strftime('%Y-%m-%dT%H:%M:%S')}+11:00,1,2,0.5,1.5,10" for t in stamps]
+    df = load_ohlcv(write_csv(tmp_path / "asx.csv", "timestamp,open,high,low,close,volume\n" + "\n".join(rows) + "\n"))
+    m = build_market(df, name="x", source="asx.csv", data_hash="0", window=10)
+    assert (m.bars_per_year, m.bars_per_day) == (24 * 252, 24)
+    with pytest.raises(DataError, match="set env.bars_per_year"):  # what reading the calendar in UTC would do
+        build_market(df.drop(columns="utc_offset"), name="x", source="asx.csv", data_hash="0", window=10)
 
 
 def test_a_sunday_to_thursday_market_trades_252_days(bars):

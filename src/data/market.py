@@ -51,9 +51,9 @@ def infer_calendar(ts: pd.DatetimeIndex, source: str = "data", need_bars_per_yea
     The trading days a year come from the weekdays that carry bars in the data's own local calendar: five
     weekdays give 252 (a weekday market: Monday-Friday, or Sunday-Thursday), seven give 365 (a 7-day market);
     anything else (six days, or a weekday with an irregular share of the bars, such as an FX file's
-    Sunday-evening opens) is ambiguous and refused, asking for ``env.bars_per_year``. (Converting to UTC first
-    would move a ``T00:00+01:00`` weekday bar to the previous day, put a fifth of the bars on weekends and
-    annualise as 365.) Daily bars give 252 or 365; intraday bars the median number of bars per local date
+    Sunday-evening opens) is ambiguous and refused, asking for ``env.bars_per_year``. (In UTC an intraday
+    session straddling midnight, Sydney's 10:00-16:00 at +11:00, splits across two dates and puts bars on
+    Sundays.) Daily bars give 252 or 365; intraday bars the median number of bars per local date
     times the days: 26 x 252 = 6552 for 15-minute regular-session stock bars, 24 x 365 = 8760 for hourly 24/7
     crypto; weekly or coarser, calendar time.
     """
