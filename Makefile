@@ -61,7 +61,7 @@ compare-optimizers: $(STAMP)  ## every optimizer x 3 seeds on tsla and synthetic
 		--command "make compare-optimizers COMPARE_STEPS=$(COMPARE_STEPS) COMPARE_THREADS=$(COMPARE_THREADS)"
 
 EXPLORE_DIR ?= outputs/multirun/exploration_replay_$(COMPARE_NOW)
-EXPLORE_VARIANTS ?= curiosity=none curiosity=icm replay=uniform replay=prioritized replay=her algo=grpo
+EXPLORE_VARIANTS ?= curiosity=none curiosity=rnd replay=uniform replay=prioritized replay=her algo=grpo
 compare-exploration: $(STAMP)  ## PPO vs curiosity, each replay and GRPO, 3 seeds on tsla and synthetic, same env-step budget; writes experiments/exploration_replay/results.md
 	bash experiments/run_variants.sh $(PYTHON) $(EXPLORE_DIR) $(COMPARE_STEPS) $(COMPARE_THREADS) $(EXPLORE_VARIANTS)
 	$(PYTHON) experiments/compare.py $(EXPLORE_DIR) --out experiments/exploration_replay --label variant --baseline ppo \

@@ -27,12 +27,12 @@ def optimizer_label(cfg: dict) -> str:
 
 
 def variant_label(cfg: dict) -> str:
-    """``ppo``, ``ppo+icm``, ``ppo+prioritized``, ``grpo``, ``ppo+aug:mixup``, ``ppo+ensemble3``,
+    """``ppo``, ``ppo+rnd``, ``ppo+prioritized``, ``grpo``, ``ppo+aug:mixup``, ``ppo+ensemble3``,
     ``ppo+curriculum:linear``: one label per variant, naming what the config switches on."""
     algo = "grpo" if "GRPO" in cfg["algo"]["_target_"] else "ppo"
     parts = [algo]
     if cfg.get("curiosity"):
-        parts.append("icm")
+        parts.append(cfg["curiosity"]["_target_"].rsplit(".", 1)[-1].lower())  # rnd (icm in older runs)
     if cfg.get("replay"):
         parts.append(cfg["replay"]["kind"])
     transforms = [k for k, t in ((cfg.get("augmentation") or {}).get("transforms") or {}).items() if t and t["p"] > 0]

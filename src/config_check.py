@@ -65,6 +65,9 @@ def _option_defaults(group: str, choice: str) -> dict:
     return OmegaConf.to_container(OmegaConf.merge(merged, body), resolve=False)
 
 
+NULLABLE = {"algo.vf_clip", "algo.target_kl"}  # numbers that null switches off
+
+
 def check_types(cfg: DictConfig, choices: dict[str, str]) -> None:
     """Every key whose option file holds a number must hold a number (an integer where the file has one)."""
     for group in GROUPS:
@@ -74,6 +77,8 @@ def check_types(cfg: DictConfig, choices: dict[str, str]) -> None:
         given = dict(_leaves(OmegaConf.to_container(node, resolve=True), group))
         for key, default in _leaves(_option_defaults(group, choices[group]), group):
             if key not in given or isinstance(default, bool) or not isinstance(default, int | float):
+                continue
+            if given[key] is None and key in NULLABLE:
                 continue
             number(given[key], key, integer=isinstance(default, int))
 
@@ -119,8 +124,12 @@ def check_run(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
     if cfg.get("optimizer") is not None:
         check_optimizer(cfg.optimizer)
     t = cfg.get("trainer") or {}
-    if not (t.get("max_steps") == -1 and t.get("max_time")):  # -1: no step budget, only a wall-clock one
-        number(t.get("max_steps", 1), "trainer.max_steps", integer=True, low=1)
+    if t.get("max_steps") == -1:  # Lightning's "no limit": the schedules would have no length
+        raise ConfigError(
+            "trainer.max_steps=-1: the learning-rate schedule, replay's beta and every progress-based setting "
+            "need a budget of gradient steps; set trainer.max_steps (trainer.max_time can still stop a run earlier)"
+        )
+    number(t.get("max_steps", 1), "trainer.max_steps", integer=True, low=1)
     vci = t.get("val_check_interval", 1)
     if vci is not None:
         number(vci, "trainer.val_check_interval", integer=True, low=1)

@@ -13,7 +13,6 @@ import torch
 
 from src.evaluation import EvalResult, ModelPolicy, evaluate_split
 from src.rl.gae import discounted_returns
-from src.rl.her import GoalTracker
 
 
 class EvaluationHooks:
@@ -21,16 +20,7 @@ class EvaluationHooks:
 
     def policy(self, values: list[torch.Tensor] | None = None) -> ModelPolicy:
         """The deterministic evaluation policy; goal-conditioned agents get ``replay.eval_goal``."""
-        goals = None
-        if self.replay_cfg is not None and self.replay_cfg.goal_conditioned:
-            goals = GoalTracker(
-                self.replay_cfg,
-                1,
-                self.market.bars_per_year,
-                self.ppo.reward_scale,
-                self.market.device,
-                fixed_goal=self.replay_cfg.eval_goal,
-            )
+        goals = next((g for a in self.addons if (g := a.evaluation_tracker(self)) is not None), None)
         return ModelPolicy(self.model, values, goals)
 
     def _evaluate(self, split: str, values: list[torch.Tensor] | None = None) -> dict[str, EvalResult]:
@@ -50,9 +40,12 @@ class EvaluationHooks:
             self._record_val_history(res["agent"].metrics, vloss)
 
     def _value_loss(self, values: list[torch.Tensor], net_returns) -> float:
-        """Validation loss: the critic's squared error against the discounted return actually earned
-        along the deterministic validation path (rewards as in training; the last value bootstraps)."""
-        v = torch.stack(values).double().cpu()
+        """Validation loss: the critic's squared error (in return units) against the discounted return actually
+        earned along the deterministic validation path (the last value bootstraps). NaN where the critic learns
+        something else: no critic (GRPO), or rewards an add-on changed (curiosity bonus, HER goal rewards)."""
+        if not self.rule.has_critic or any(a.changes_rewards for a in self.addons):
+            return float("nan")
+        v = self.rule.raw_values(torch.stack(values)).double().cpu()
         r = torch.log1p(torch.tensor(net_returns.to_numpy(), dtype=torch.float64)) * self.ppo.reward_scale
         g = discounted_returns(r, self.ppo.gamma, bootstrap=v[-1])
         return float(((v - g) ** 2).mean())

@@ -37,10 +37,8 @@ class CheckpointHooks:
             "episode_log_growth": None if self._ep_acc is None else self._ep_acc.cpu(),
             "iterations": self.iterations,
         }
-        if self.replay is not None:  # replay contents and priorities, so a resumed run samples the same
-            checkpoint["tradelab"]["replay"] = self.replay.state_dict()
-        if self.goals is not None:
-            checkpoint["tradelab"]["goals"] = {**self.goals.state_dict(), "generator": self.goals.gen.get_state()}
+        if self.env is not None:  # replay contents, priorities, trackers: a resumed run samples the same
+            checkpoint["tradelab"]["addons"] = [a.extra_state() for a in self.addons]
         if self.switched_augmentation is not None:
             checkpoint["tradelab"]["switched_augmentation"] = self.switched_augmentation
         if self.env is not None:
@@ -63,19 +61,16 @@ class CheckpointHooks:
             self.switched_augmentation = dict(switched)
             if self.env is not None:
                 self.env = self._train_env(self.env.gen)
-        self._saved_extra = {k: state[k] for k in ("replay", "goals") if k in state}
+        self._saved_extra = state.get("addons")
         fitting = self._trainer is None or self.trainer.state.fn == "fit"  # test() loads weights, not episodes
         if self.env is not None and self._saved_env is not None and fitting:
             self._restore_env(self._saved_env)
         if self.env is not None:
             self._restore_extra(self._saved_extra)
 
-    def _restore_extra(self, saved: dict) -> None:
-        if self.replay is not None and "replay" in saved:
-            self.replay.load_state_dict(saved["replay"])
-        if self.goals is not None and "goals" in saved:
-            self.goals.load_state_dict(saved["goals"])
-            self.goals.gen.set_state(saved["goals"]["generator"])
+    def _restore_extra(self, saved: list[dict] | None) -> None:
+        for a, state in zip(self.addons, saved or [], strict=False):
+            a.load_extra_state(state)
 
     def on_train_start(self) -> None:
         # after Lightning's restore and loop set-up: the next draw is the one the interrupted run made next

@@ -34,6 +34,11 @@ def test_number_bounds_and_types():
         (["lr_scale=0"], "lr_scale must be > 0, got 0"),
         (["threads=0"], "threads must be >= 1, got 0"),
         (["trainer.val_check_interval=0"], "trainer.val_check_interval must be >= 1, got 0"),
+        (
+            ["trainer.max_steps=-1", "trainer.max_time=00:00:01:00"],  # the schedules need a step budget (issue 19)
+            "trainer.max_steps=-1: the learning-rate schedule, replay's beta and every progress-based setting need "
+            "a budget of gradient steps; set trainer.max_steps (trainer.max_time can still stop a run earlier)",
+        ),
     ],
 )
 def test_check_run_refuses_with_the_key(tmp_path, overrides, message):
@@ -47,7 +52,7 @@ def test_check_run_refuses_with_the_key(tmp_path, overrides, message):
     "overrides",
     [
         [],
-        ["trainer.max_steps=-1", "trainer.max_time=00:00:01:00"],  # no step budget, a wall-clock one
+        ["trainer.max_steps=8", "trainer.max_time=00:00:01:00"],  # a step budget and a wall-clock one
         ["env.costs.cash_rate_bps=-50"],  # negative deposit rates are real
         ["optimizer=sgd", "optimizer.weight_decay=0"],
         ["env.window=12.0"],  # a whole float is an integer

@@ -49,13 +49,24 @@ def test_the_mixture_policy_and_the_aggregates():
     torch.testing.assert_close(dist.log_prob(a), (per.exp().mean(0)).log())
     torch.testing.assert_close(value, dist.member_values.mean(0))
     assert dist.sample().shape == (8,) and ((dist.sample().abs()) <= 1).all()
-    means = torch.tensor([[0.2, 0.6], [0.4, -0.6], [0.9, 0.0]])
-    torch.testing.assert_close(aggregate_positions(means, "mean"), torch.tensor([0.5, 0.0]))
-    torch.testing.assert_close(aggregate_positions(means, "median"), torch.tensor([0.4, 0.0]))
-    std = means.std(0, unbiased=False)  # [0.2944, 0.4899]
-    want = means.mean(0) * (1 - std / 0.5).clamp(0, 1)
-    torch.testing.assert_close(aggregate_positions(means, "uncertainty", 0.5), want)
-    assert float(aggregate_positions(torch.tensor([[1.0], [-1.0]]), "uncertainty", 0.5)) == 0.0  # split: flat
+    means = torch.tensor([[0.2, 0.6], [0.4, 0.2], [0.9, 1.0]])
+    torch.testing.assert_close(aggregate_positions(means, "mean"), torch.tensor([0.5, 0.6]))
+    torch.testing.assert_close(aggregate_positions(means, "median"), torch.tensor([0.4, 0.6]))
+    # std across members: [0.2944, 0.3266]; typical 0.3: the first state trades in full, the second x 0.3 / 0.3266
+    want = torch.tensor([0.5, 0.6 * 0.3 / 0.326599])
+    torch.testing.assert_close(aggregate_positions(means, "uncertainty", 0.3), want, rtol=1e-4, atol=1e-6)
+    # disagreement raised everywhere (what the diversity term does) raises the typical level too: the same positions
+    # (a fixed threshold would shrink the wider ensemble towards flat by construction, issue 19)
+    wide = means.mean(0) + 2 * (means - means.mean(0))
+    torch.testing.assert_close(
+        aggregate_positions(wide, "uncertainty", 0.6), aggregate_positions(means, "uncertainty", 0.3)
+    )
+    # with an acting member (training) the policy is that member's own Beta
+    acting = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    dist, value = ens(Obs(obs.market, obs.position, member=acting))
+    own = per.gather(0, acting[None]).squeeze(0)
+    torch.testing.assert_close(dist.log_prob(a), own)
+    torch.testing.assert_close(value, dist.member_values.gather(0, acting[None]).squeeze(0))
 
 
 def test_the_diversity_gradient_pushes_each_member_away_from_the_others():

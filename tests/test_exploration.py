@@ -1,5 +1,6 @@
-"""Curiosity (ICM), replay (uniform / prioritized / HER self-imitation) and GRPO: the maths against
-hand-computed values, and each option end to end through the CLI and through a kill and resume."""
+"""Curiosity (RND), replay (uniform / prioritized / HER self-imitation) and GRPO: the maths against
+hand-computed values, and each option end to end through the CLI and through a kill and resume
+(each add-on's specific effect: tests/test_addons.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from src.errors import ConfigError
 from src.lit_module import PPOModule
 from src.rl.grpo import group_advantages, grpo_loss, kl_k3
 from src.rl.her import relabel_future, window_goal
-from src.rl.icm import ICM, RunningMeanStd
 from src.rl.replay import ReplayBuffer, ReplayConfig, SumTree, annealed_beta, importance_weights, sil_loss
+from src.rl.rnd import RND
+from src.rl.value_norm import RunningMeanStd
 from src.train import train
 from src.utils import build
 from tests.conftest import ROOT, TINY, compose_cfg
@@ -54,11 +56,12 @@ def test_sum_tree_update_recomputes_ancestors_with_duplicate_indices():
 
 
 def test_importance_weights_match_the_formula():
-    # stored p^alpha = 1, 2, 3, 4 -> P = .1 .2 .3 .4, N = 4, beta = .5: w = (N P)^-beta / max w
+    # stored p^alpha = 1, 2, 3, 4 -> P = .1 .2 .3 .4, N = 4, beta = .5: w = (N P)^-beta / sum_j P_j (N P_j)^-beta
     w = importance_weights(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0, 3, 1]), 0.5)
     raw = [(4 * 0.1) ** -0.5, (4 * 0.4) ** -0.5, (4 * 0.2) ** -0.5]
-    assert w.tolist() == pytest.approx([r / raw[0] for r in raw])
-    assert w.tolist() == pytest.approx([1.0, 0.5, math.sqrt(0.5)])
+    norm = 0.1 * 0.4**-0.5 + 0.2 * 0.8**-0.5 + 0.3 * 1.2**-0.5 + 0.4 * 1.6**-0.5  # = 0.9286
+    assert w.tolist() == pytest.approx([r / norm for r in raw])
+    assert w.tolist() == pytest.approx([1.6270, 0.8135, 1.1505], abs=1e-4)
     assert annealed_beta(0.4, 0.0) == 0.4 and annealed_beta(0.4, 0.5) == pytest.approx(0.7)
     assert annealed_beta(0.4, 2.0) == 1.0
 
@@ -141,28 +144,22 @@ def test_running_std_matches_the_batch_statistics():
     assert float(rms.std) == pytest.approx(float(x.std(unbiased=False)), rel=1e-9)
 
 
-def test_icm_reward_falls_as_the_forward_model_learns_a_deterministic_transition():
+def test_rnd_bonus_falls_where_the_predictor_has_learned_and_refuses_bad_settings():
     torch.manual_seed(0)
-    icm = ICM(num_features=3, window=4, feature_dim=8, hidden=32)
-    obs = Obs(torch.randn(256, 4, 3), torch.rand(256, 1) * 2 - 1)
-    action = torch.rand(256) * 2 - 1
-    nxt = Obs(obs.market.roll(1, dims=1), action[:, None] * 0.9)  # s' a fixed function of (s, a)
-    before = icm.intrinsic_reward(obs, action, nxt).mean()  # fixes the running std
-    opt = torch.optim.Adam(icm.parameters(), lr=3e-3)
-    for _ in range(400):
-        loss = icm.losses(obs, action, nxt)
+    rnd = RND(num_features=3, window=4, hidden=32)
+    seen = Obs(torch.randn(256, 4, 3), torch.rand(256, 1))
+    before = rnd.bonus(seen).mean()  # fixes the running std
+    opt = torch.optim.Adam(rnd.predictor.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = rnd.error(seen).mean()
         opt.zero_grad()
-        loss["loss"].backward()
+        loss.backward()
         opt.step()
-    after = icm.intrinsic_reward(obs, action, nxt, update_stats=False).mean()
-    assert float(after) < 0.2 * float(before)
-    assert float(icm.losses(obs, action, nxt)["inverse_loss"]) < 0.05  # phi keeps what the action controls
-
-
-def test_icm_refuses_bad_settings():
-    with pytest.raises(ConfigError, match="curiosity.beta"):
-        ICM(3, 4, beta=1.5)
-    assert ICM(3, 4, weight=0.2, decay=0.5).weight_at(2) == pytest.approx(0.05)
+    assert float(rnd.bonus(seen, update_stats=False).mean()) < 0.1 * float(before)
+    assert all(not w.requires_grad for w in rnd.target.parameters())  # the random target stays fixed
+    with pytest.raises(ConfigError, match="curiosity.freqs"):
+        RND(3, 4, freqs=0)
+    assert RND(3, 4, weight=0.2, decay=0.5).weight_at(2) == pytest.approx(0.05)
 
 
 # ---- GRPO ----
@@ -224,7 +221,7 @@ def test_every_option_trains_through_the_cli_and_logs_its_own_metrics(tmp_path):
         "src.train",
         "-m",
         *TINY,
-        "curiosity=icm",
+        "curiosity=rnd",
         "replay=uniform,prioritized,her",
         f"hydra.sweep.dir={sweep}",
         "hydra.sweep.subdir=${replay.kind}",
@@ -234,14 +231,14 @@ def test_every_option_trains_through_the_cli_and_logs_its_own_metrics(tmp_path):
         proc = subprocess.run(c, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     own = {
-        "uniform": {"losses/sil_policy_loss", "losses/sil_positive_frac", "replay/size"},
+        "uniform": {"losses/sil_policy_loss", "losses/sil_positive_frac", "replay/size", "replay/stored"},
         "prioritized": {"losses/sil_is_weight_mean", "replay/priority_mean", "replay/beta"},
         "her": {"her/goal_reward_mean", "her/stored", "her/relabel_return_gain"},
     }
-    icm = {"curiosity/intrinsic_reward_mean", "losses/icm_forward_loss", "losses/icm_inverse_loss"}
+    rnd = {"curiosity/intrinsic_reward_mean", "curiosity/action_effect", "losses/rnd_predictor_loss"}
     for kind, tags in own.items():
         logged = _scalars(sweep / kind)
-        assert tags | icm <= logged, (kind, sorted(logged))
+        assert tags | rnd <= logged, (kind, sorted(logged))
         assert json.loads((sweep / kind / "metrics.json").read_text())["test"]["agent"]["sharpe"] is not None
     logged = _scalars(tmp_path / "grpo")
     assert {"grpo/within_group_std", "losses/kl_ref", "losses/policy_loss"} <= logged
@@ -255,7 +252,7 @@ def test_grpo_refuses_replay_and_groups_share_their_start(tmp_path, capsys):
 
     with pytest.raises(SystemExit):
         train(compose_cfg([*GRPO_TINY, "replay=uniform"], tmp_path))
-    assert "algo=grpo has none" in capsys.readouterr().err
+    assert "SelfImitation needs a critic" in capsys.readouterr().err
     m = build_market(generate_bars(n_bars=400, seed=0), name="s", source="x", data_hash="0", window=8)
     env = MarketEnv(m, "train", 8, generator=torch.Generator().manual_seed(0), episode_length=16, group_size=4)
     env.reset()
@@ -263,16 +260,25 @@ def test_grpo_refuses_replay_and_groups_share_their_start(tmp_path, capsys):
     assert (t == t[:, :1]).all() and env.max_len == 16
 
 
-@pytest.mark.parametrize("extra", [["curiosity=icm", "replay=prioritized"], ["replay=her"]])
-def test_replay_and_icm_state_survive_a_kill_and_resume(tmp_path, extra):
-    over = [*TINY, "trainer.max_steps=24", "trainer.val_check_interval=2", *SMALL_REPLAY, *extra]
+@pytest.mark.parametrize(
+    "extra", [["curiosity=rnd", "replay=prioritized"], ["replay=her"], ["ensemble=three"], GRPO_TINY]
+)
+def test_add_on_state_survives_a_kill_and_resume(tmp_path, extra):
+    base = [*TINY, *extra] if extra is not GRPO_TINY else GRPO_TINY
+    over = [*base, "trainer.max_steps=24", "trainer.val_check_interval=2"]
+    over += SMALL_REPLAY if any(x.startswith("replay=") for x in extra) else []
     full, cut, ckpt = run_killed_and_resumed(tmp_path, over)
     saved = ckpt["tradelab"]
-    assert saved["replay"]["size"] > 0 and saved["iterations"] == 4
-    if "curiosity=icm" in extra:
-        assert float(saved["replay"]["tree"].sum()) > 0
-    else:
-        assert "goals" in saved
+    assert saved["iterations"] == 4
+    if "curiosity=rnd" in extra:
+        assert saved["addons"][1]["replay"]["size"] > 0 and float(saved["addons"][1]["replay"]["tree"].sum()) > 0
+        assert any(k.startswith("curiosity.predictor") for k in ckpt["state_dict"])
+    elif "replay=her" in extra:
+        assert saved["addons"][0]["replay"]["size"] > 0 and "goals" in saved["addons"][0]
+    elif "ensemble=three" in extra:
+        assert "members" in saved["addons"][0]
+    else:  # GRPO: the frozen reference travels with the weights
+        assert any(k.startswith("rule.ref.") for k in ckpt["state_dict"])
     assert outcome(cut) == outcome(full)
 
 

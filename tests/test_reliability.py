@@ -152,8 +152,8 @@ def _poison(monkeypatch, calls: set[int]):
     """Put a NaN into the rewards of the given rollouts (1-based)."""
     real, n = src.lit_module.collect, [0]
 
-    def collect(model, env, obs, buf, goals=None, policy=None):
-        out = real(model, env, obs, buf, goals, policy)
+    def collect(model, env, obs, buf, *args):
+        out = real(model, env, obs, buf, *args)
         n[0] += 1
         if n[0] in calls:
             buf.rewards[3, 1] = float("nan")
@@ -186,14 +186,16 @@ def test_consecutive_faults_stop_the_run_with_a_clear_message(tmp_path, monkeypa
 
 
 def test_a_nan_gradient_is_skipped(tmp_path, monkeypatch, capsys):
-    real, n = src.lit_module.value_loss, [0]
+    import src.rl.ppo
+
+    real, n = src.rl.ppo.value_loss, [0]
 
     def value_loss(*args, **kw):
         n[0] += 1
         out = real(*args, **kw)
         return out * float("nan") if n[0] == 6 else out
 
-    monkeypatch.setattr(src.lit_module, "value_loss", value_loss)
+    monkeypatch.setattr(src.rl.ppo, "value_loss", value_loss)
     _run(tmp_path, "run")
     assert "non-finite loss at gradient step 5" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "run_info.json").read_text())["numerical_faults"] == 1
@@ -206,14 +208,14 @@ def test_a_nan_gradient_is_skipped_in_the_fused_update(tmp_path, monkeypatch, ca
     real_configure = PPOModule.configure_optimizers
 
     def configure_optimizers(self):  # once per fit, before the first update: wrap the compiled function
-        fused, n = self._ppo_grads, [0]
+        fused, n = self._grads, [0]
 
         def poisoned(*a):
             n[0] += 1
             loss, terms, grads, norm = fused(*a)
             return loss, terms, grads, norm * float("nan") if n[0] == 6 else norm
 
-        self._ppo_grads = poisoned
+        self._grads = poisoned
         return real_configure(self)
 
     monkeypatch.setattr(PPOModule, "configure_optimizers", configure_optimizers)

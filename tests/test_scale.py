@@ -82,7 +82,7 @@ def test_compiled_ppo_loss_equals_eager_loss_and_gradients(tmp_path):
     cfg = compose_cfg([o for o in TINY if not o.startswith("model.")] + small_mlp + ["compile=true"], tmp_path)
     market = build(cfg.env)
     module = PPOModule(cfg, market)
-    assert module._ppo_loss is not module._ppo_loss_eager
+    assert module._loss is not module._loss_eager
     g = torch.Generator().manual_seed(3)
     n = 48
     obs = Obs(torch.randn(n, market.window, market.num_features, generator=g), torch.rand(n, 1, generator=g) * 2 - 1)
@@ -90,13 +90,13 @@ def test_compiled_ppo_loss_equals_eager_loss_and_gradients(tmp_path):
     with torch.no_grad():
         dist, values = module.model(obs)
         old_logp = dist.log_prob(actions) + 0.05 * torch.randn(n, generator=g)  # ratios off 1: the clip is active
-    batch = (obs, actions, old_logp, torch.randn(n, generator=g), values + 0.1, torch.randn(n, generator=g))
+    batch = (obs, actions, old_logp, values + 0.1, torch.randn(n, generator=g), torch.randn(n, generator=g), None, None)
     params = list(module.model.parameters())
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     results = {}
-    for name, fn in (("eager", module._ppo_loss_eager), ("compiled", module._ppo_loss)):
+    for name, fn in (("eager", module._loss_eager), ("compiled", module._loss)):
         loss, terms = fn(*batch)
         results[name] = (loss.detach(), {k: v.detach() for k, v in terms.items()}, torch.autograd.grad(loss, params))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did go through the compiler

@@ -243,7 +243,7 @@ def bare_ppo(overrides: list[str], iterations: int) -> float:
                 pg, _ = policy_loss(
                     dist.log_prob(actions[mb]), old_logp[mb], normalize_advantages(adv[mb]), p.clip_coef
                 )
-                vl = value_loss(v, old_v[mb], ret[mb], p.clip_coef if p.clip_vloss else None)
+                vl = value_loss(v, old_v[mb], ret[mb], p.vf_clip)  # a throughput reference: raw value units
                 loss = pg + p.vf_coef * vl - p.ent_coef * dist.entropy().mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -46,10 +46,16 @@ def generate_bars(
     close = 100.0 * np.exp(np.cumsum(ret))
     prev_close = np.concatenate([[100.0], close[:-1]])
     open_ = prev_close * np.exp(gap)
+    return _bars(open_, close, sig, 20 * np.abs(ret), rng, start)
+
+
+def _bars(open_, close, sig, volume_push, rng: np.random.Generator, start: str) -> pd.DataFrame:
+    """OHLCV frame on business days: wicks of ~``sig`` around open and close, lognormal volume (x e^push)."""
+    n_bars = len(close)
     wick = sig * np.abs(rng.standard_normal((2, n_bars))) * 0.5
     high = np.maximum(open_, close) * np.exp(wick[0])
     low = np.minimum(open_, close) * np.exp(-wick[1])
-    volume = np.round(1e6 * np.exp(0.3 * rng.standard_normal(n_bars) + 20 * np.abs(ret)))
+    volume = np.round(1e6 * np.exp(0.3 * rng.standard_normal(n_bars) + volume_push))
     idx = pd.bdate_range(start, periods=n_bars, tz="UTC", name="timestamp")
     return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=idx)
 
@@ -72,3 +78,41 @@ def synthetic_market(
     bars = generate_bars(n_bars, seed, tuple(drifts), tuple(vols), stay)
     digest = hashlib.sha256(pd.util.hash_pandas_object(bars).to_numpy().tobytes()).hexdigest()
     return build_market(bars, name=name, source=f"synthetic(seed={seed}, n_bars={n_bars})", data_hash=digest, **kwargs)
+
+
+def planted_bars(
+    n_bars: int = 3000, rho: float = 0.2, vol: float = 0.01, seed: int = 0, start: str = "2000-01-03"
+) -> pd.DataFrame:
+    """A market with a planted, learnable signal: close-to-close log returns follow an AR(1),
+    ``r_t = rho r_(t-1) + vol sqrt(1 - rho^2) e_t``, so the sign of the last return (the ``ret_1`` feature)
+    predicts the next one: holding ``sign(r_t)`` earns ~``rho sqrt(2 / pi)`` of a bar's std per bar (the oracle).
+    Bars open at the previous close (no gap), so a fill at the next open is a fill at the decision's close."""
+    if n_bars < 100:
+        raise ConfigError(f"env.n_bars must be >= 100, got {n_bars}")
+    if not -1 < rho < 1 or vol <= 0:
+        raise ConfigError(f"env.rho must be in (-1, 1) and env.vol > 0, got {rho}, {vol}")
+    rng = np.random.default_rng(seed)
+    eps = rng.standard_normal(n_bars)
+    ret = np.empty(n_bars)
+    ret[0] = vol * eps[0]
+    for i in range(1, n_bars):
+        ret[i] = rho * ret[i - 1] + vol * np.sqrt(1 - rho**2) * eps[i]
+    close = 100.0 * np.exp(np.cumsum(ret))
+    return _bars(np.concatenate([[100.0], close[:-1]]), close, vol, 0.0, rng, start)
+
+
+def planted_market(
+    name: str = "planted",
+    n_bars: int = 3000,
+    rho: float = 0.2,
+    vol: float = 0.01,
+    seed: int = 0,
+    max_gap: str | None = None,
+    max_file_mb: float | None = None,
+    **kwargs,
+) -> Market:
+    """:func:`planted_bars` as a :class:`Market` (``env=planted``); ``kwargs`` go to :func:`build_market`."""
+    bars = planted_bars(n_bars, rho, vol, seed)
+    digest = hashlib.sha256(pd.util.hash_pandas_object(bars).to_numpy().tobytes()).hexdigest()
+    source = f"planted(rho={rho}, vol={vol}, seed={seed}, n_bars={n_bars})"
+    return build_market(bars, name=name, source=source, data_hash=digest, **kwargs)

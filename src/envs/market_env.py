@@ -48,6 +48,7 @@ class Obs:
     market: torch.Tensor  # (N, window, F)
     position: torch.Tensor  # (N, 1)
     goal: torch.Tensor | None = None  # (N, 2), see src/rl/her.py
+    member: torch.Tensor | None = None  # (N,) long: the ensemble member acting in each episode (training)
 
 
 class Transition(NamedTuple):

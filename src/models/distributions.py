@@ -42,6 +42,10 @@ class ScaledBeta:
     def entropy(self) -> torch.Tensor:
         return self._d.entropy() + self._log_width
 
+    def regularizer(self) -> tuple[float, dict]:
+        """The policy's own loss term and its logged parts (an ensemble's diversity; none here)."""
+        return 0.0, {}
+
     @property
     def mean(self) -> torch.Tensor:
         """The deterministic action used for evaluation."""

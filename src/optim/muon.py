@@ -20,7 +20,7 @@ def hidden_matrices(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Param
     encoder except the first (the input projection) on Muon.
     """
     enc = getattr(model, "encoder", model)
-    if hasattr(model, "muon_matrices"):  # an ensemble, or the policy + ICM: each member's own matrices
+    if hasattr(model, "muon_matrices"):  # an ensemble, or the policy + add-on modules: the policy's own matrices
         muon = model.muon_matrices()
     elif hasattr(enc, "blocks"):
         muon = [p for p in enc.blocks.parameters() if p.ndim == 2 and p.requires_grad]

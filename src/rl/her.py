@@ -16,8 +16,12 @@ with goals ``g' = c_t'+1`` actually achieved at a uniformly drawn step
 ``t' >= t`` of the same window. The goal rewards from t to the window's end are
 recomputed for ``g'``; the return beyond the window does not depend on the goal
 (a new window draws a new one), so the relabelled return is the original one
-plus the discounted change in goal rewards. Transitions whose window is still
-open at the rollout's end are not stored (PPO still learns from them).
+plus the discounted change in goal rewards. As for self-imitation (:mod:`src.rl.sil`), a
+transition is stored once its episode has ended, with its Monte-Carlo return.
+
+A step that ends an episode by the length limit is bootstrapped with the value of the state
+it reached *in the same window* (same goal, growth so far, one bar further on): the goal a
+restarted episode draws belongs to another episode.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from __future__ import annotations
 import torch
 
 from src.envs.market_env import Obs
-from src.rl.replay import ReplayConfig
+from src.rl.addons import Batch, Iteration
+from src.rl.replay import ReplayBuffer, ReplayConfig
+from src.rl.sil import FinishedEpisodes, SelfImitation
 
 
 def window_goal(annual_return: torch.Tensor | float, horizon: int, bars_per_year: float) -> torch.Tensor:
@@ -35,6 +41,8 @@ def window_goal(annual_return: torch.Tensor | float, horizon: int, bars_per_year
 
 class GoalTracker:
     """Goal, achieved growth and window step of N episodes; attaches goal features to observations."""
+
+    kind = "goals"
 
     def __init__(
         self,
@@ -68,9 +76,12 @@ class GoalTracker:
         return Obs(obs.market, obs.position, self.features())
 
     def step(self, log_growth: torch.Tensor, dones: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Advance by one bar of (unscaled) log growth; returns this step's record and goal reward."""
+        """Advance by one bar of (unscaled) log growth; returns this step's record and goal reward.
+        ``bootstrap_goal`` is then the goal features of the state each step reached (see the module docstring)."""
         c_after = self.c + log_growth
-        end = (self.j == self.k - 1) | dones
+        window_over = self.j == self.k - 1
+        end = window_over | dones
+        same_window = goal_features(self.g, c_after, self.j + 1, self.k, self.scale)
         rec = {
             "c_before": self.c.clone(),
             "c_after": c_after,
@@ -82,6 +93,7 @@ class GoalTracker:
         self.c = torch.where(end, torch.zeros_like(c_after), c_after)
         self.j = torch.where(end, torch.zeros_like(self.j), self.j + 1)
         self.g = torch.where(end, self._draw(self.n), self.g)
+        self.bootstrap_goal = torch.where(window_over[:, None], self.features(), same_window)
         return rec
 
     def state_dict(self) -> dict:
@@ -139,3 +151,63 @@ def relabel_future(
         delta += torch.where(valid, gamma**d * w * change, torch.zeros_like(change))
     feats = goal_features(goals, rec["c_before"].expand_as(goals), rec["j"].expand_as(goals), k, reward_scale)
     return complete, goals, feats, returns + delta
+
+
+class Hindsight(SelfImitation):
+    """``replay=her``: goal rewards added to the rewards, finished episodes stored with ``her_k`` "future"
+    relabels each, and the self-imitation loss on them (:class:`~src.rl.sil.SelfImitation`)."""
+
+    changes_rewards = True
+    goal_dim = 2
+
+    def evaluation_tracker(self, module) -> GoalTracker:
+        """One env asked for ``replay.eval_goal``."""
+        m = module.market
+        return GoalTracker(
+            self.cfg, 1, m.bars_per_year, module.ppo.reward_scale, m.device, fixed_goal=self.cfg.eval_goal
+        )
+
+    def setup(self, module) -> None:
+        m, p = module.market, module.ppo
+        self.buffer = ReplayBuffer(self.cfg, m.window, m.num_features, module.device)
+        self.episodes = FinishedEpisodes(p.gamma, module.env.max_len + p.rollout_steps)
+        gen = torch.Generator(device=module.device)
+        gen.manual_seed(int(module.cfg.seed) * 1000 + 500 + module.global_rank)
+        self.goals = GoalTracker(self.cfg, p.num_envs, m.bars_per_year, p.reward_scale, module.device, gen)
+        self.gamma, self.scale = p.gamma, p.reward_scale
+
+    def tracker(self) -> GoalTracker:
+        return self.goals
+
+    def rewards(self, it: Iteration, rewards: torch.Tensor) -> torch.Tensor:
+        g = it.rollout.her["goal_reward"]
+        it.logs["her/goal_reward_mean"] = g.mean()
+        it.logs["her/goal_reached_frac"] = (g > 0).float().mean()
+        return rewards + g
+
+    def observe(self, it: Iteration, rule, batch: Batch, rewards: torch.Tensor) -> None:
+        b, k = it.rollout, self.cfg.her_k
+        fields = {"market": b.market, "position": b.position, "actions": b.actions, "goal_features": b.goal}
+        fields.update({f"her_{n}": v for n, v in b.her.items()})
+        span, ret, ready = self.episodes.push(
+            fields, rewards, b.terminated, b.truncated, rule.raw_values(b.next_values)
+        )
+        rec = {n[4:]: v for n, v in span.items() if n.startswith("her_")}
+        _, _, feats, ret_k = relabel_future(rec, ret, self.cfg, self.gamma, self.scale)
+        keep = ready.nonzero(as_tuple=True)
+        m, pos, a = span["market"][keep], span["position"][keep], span["actions"][keep]
+        goal = torch.cat([span["goal_features"][keep], *(feats[i][keep] for i in range(k))])
+        returns = torch.cat([ret[keep], *(ret_k[i][keep] for i in range(k))])
+        self.buffer.add(Obs(m.repeat(k + 1, 1, 1), pos.repeat(k + 1, 1), goal), a.repeat(k + 1), returns)
+        it.logs["her/stored"] = torch.tensor(float(returns.numel()))
+        it.logs["her/relabel_return_gain"] = (returns[ret[keep].numel() :].view(k, -1) - ret[keep]).mean()
+        self._log(it, ready)
+
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), "goals": {**self.goals.state_dict(), "generator": self.goals.gen.get_state()}}
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        if "goals" in state:
+            self.goals.load_state_dict(state["goals"])
+            self.goals.gen.set_state(state["goals"]["generator"])

@@ -1,12 +1,22 @@
-"""PPO loss terms (Schulman et al., 2017) as pure functions, CleanRL's conventions."""
+"""PPO (Schulman et al., 2017): loss terms as pure functions (CleanRL's conventions) and the update rule.
+
+:class:`PPO` is ``algo=ppo``'s rule (:mod:`src.rl.addons`): GAE targets on the critic's denormalised values,
+value targets normalised by :class:`~src.rl.value_norm.ValueNorm` (``algo.norm_values``), the clipped surrogate,
+a value loss clipped by ``algo.vf_clip`` (in units of the returns' std, separate from the policy's clip) and
+the policy's own regulariser (an ensemble's diversity term, 0 for one actor-critic).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from src.errors import ConfigError
+from src.rl.addons import Batch, Iteration
+from src.rl.gae import compute_gae
+from src.rl.value_norm import ValueNorm
 
 
 def normalize_advantages(adv: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -57,7 +67,8 @@ class PPOConfig:
     gae_lambda: float = 0.95
     reward_scale: float = 100.0
     clip_coef: float = 0.2
-    clip_vloss: bool = True
+    vf_clip: float | None = 0.2  # value clip in units of the returns' std (norm_values) or raw units; None: off
+    norm_values: bool = True
     vf_coef: float = 0.5
     ent_coef: float = 0.01
     max_grad_norm: float = 0.5
@@ -81,6 +92,11 @@ class PPOConfig:
         for k in ("clip_coef", "vf_coef", "ent_coef", "max_grad_norm"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"algo.{k} must be >= 0, got {getattr(self, k)}")
+        if self.vf_clip is not None and self.vf_clip <= 0:
+            raise ConfigError(f"algo.vf_clip must be > 0 or null (no value clip), got {self.vf_clip}")
+
+    def rule(self, model: nn.Module) -> PPO:
+        return PPO(self)
 
     @property
     def batch_size(self) -> int:
@@ -89,3 +105,59 @@ class PPOConfig:
     @property
     def minibatch_size(self) -> int:
         return self.batch_size // self.num_minibatches
+
+
+class PPO(nn.Module):
+    """``algo=ppo``'s update rule (see the module docstring); a module so its value statistics are checkpointed."""
+
+    has_critic = True
+    grouped_episodes = False  # GRPO's groups restart every iteration; PPO's episodes run on across rollouts
+    fusable = True  # compile=true may fuse its loss, gradients and clip into one graph
+
+    def __init__(self, cfg: PPOConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.value_norm = ValueNorm() if cfg.norm_values else None
+
+    def raw_values(self, v: torch.Tensor) -> torch.Tensor:
+        """The critic's outputs in return units (log-percent)."""
+        return v if self.value_norm is None else self.value_norm.denormalize(v)
+
+    def critic_units(self, returns: torch.Tensor) -> torch.Tensor:
+        """Returns in the critic's output units."""
+        return returns if self.value_norm is None else self.value_norm.normalize(returns)
+
+    def value_std(self) -> torch.Tensor | float:
+        """One critic unit in return units."""
+        return 1.0 if self.value_norm is None else self.value_norm.stats()[1].float()
+
+    def begin(self, model: nn.Module, it: Iteration) -> None:
+        """Before the rollout (nothing for PPO)."""
+
+    def targets(self, it: Iteration, rewards: torch.Tensor) -> Batch:
+        b, p = it.rollout, self.cfg
+        values = self.raw_values(b.values)
+        adv, ret = compute_gae(
+            rewards, values, self.raw_values(b.next_values), b.terminated, b.dones, p.gamma, p.gae_lambda
+        )
+        if self.value_norm is not None:  # targets in the units of this iteration's statistics (MAPPO)
+            self.value_norm.update(ret)
+            mean, std = self.value_norm.stats()
+            it.logs["value_norm/mean"], it.logs["value_norm/std"] = mean.float(), std.float()
+        it.logs["losses/explained_variance"] = torch.tensor(explained_variance(values.flatten(), ret.flatten()))
+        flat = lambda x: x.reshape(-1)  # noqa: E731
+        return Batch(
+            b.flat_obs(), flat(b.actions), flat(b.logprobs), flat(b.values), flat(adv), flat(self.critic_units(ret))
+        )
+
+    def loss(self, model: nn.Module, mb: Batch, params: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """PPO's loss on one minibatch and its logged terms; ``params``: call ``model`` functionally with them."""
+        p = self.cfg
+        dist, v = model(mb.obs) if params is None else torch.func.functional_call(model, params, (mb.obs,))
+        adv = normalize_advantages(mb.advantages) if p.norm_adv else mb.advantages
+        pg, diag = policy_loss(dist.log_prob(mb.actions), mb.logprobs, adv, p.clip_coef)
+        vl = value_loss(v, mb.values, mb.returns, p.vf_clip)
+        ent = dist.entropy().mean()
+        reg, reg_terms = dist.regularizer()
+        terms = {"policy_loss": pg, "value_loss": vl, "entropy": ent, **diag, **reg_terms}
+        return pg + p.vf_coef * vl - p.ent_coef * ent + reg, terms

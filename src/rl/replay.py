@@ -1,29 +1,19 @@
-"""Replay for an on-policy learner: self-imitation from a buffer of past transitions.
-
-Scheme (Oh et al., 2018, "Self-Imitation Learning", used with PPO in that paper):
-after every rollout its transitions are stored with the return they actually
-led to, ``R`` (the discounted return to the end of the rollout, bootstrapped
-with the critic where the rollout cut an episode, 0 at bankruptcy: GAE with
-lambda = 1). Every PPO minibatch step then also draws a replay batch and adds
-
-    coef * mean_i w_i [ -log pi(a_i | s_i) (R_i - V(s_i))+  +  value_coef / 2 ((R_i - V(s_i))+)^2 ]
-
-to the loss: the policy imitates past actions that did *better* than the
-critic now expects, and the critic is pulled up to those returns. Only
-positive gaps count, so stale, worse-than-expected behaviour is ignored; this
-is what makes the off-policy reuse sound without importance ratios (the SIL
-objective is a lower bound of soft-optimal Q-learning). No extra optimizer
-steps are taken, so ``trainer.max_steps`` and the env-step budget are the same
-as plain PPO's.
+"""Replay storage and sampling for self-imitation (:mod:`src.rl.sil`) and hindsight relabelling (:mod:`src.rl.her`).
 
 Sampling (``replay.kind``):
 
 - ``uniform``: every stored transition equally likely; w_i = 1.
 - ``prioritized``: Schaul et al. (2016), proportional: P(i) = p_i^alpha / sum p^alpha with
-  p_i = (R_i - V(s_i))+ + eps, a sum-tree with O(log n) update and sample, stratified
-  sampling, importance weights w_i = (N P(i))^-beta / max_j w_j with beta annealed
-  linearly from ``beta0`` to 1 over the run; priorities of the sampled transitions are
-  refreshed with the latest (R - V)+ after every use, new ones enter at the current max.
+  p_i = (R_i - V(s_i))+ + eps (the self-imitation gap, in log-percent), a sum-tree with O(log n) update and
+  sample, stratified sampling; priorities of the sampled transitions are refreshed with the latest gap after
+  every use, new ones enter at the current max. Importance weights w_i = (N P(i))^-beta correct the
+  sampling's bias (fully at beta = 1; beta is annealed from ``beta0`` to 1 over the run). Schaul et al.
+  divide them by the buffer's largest weight "for stability"; that weight belongs to the floor priority, so
+  with a floor far below typical gaps the whole batch is scaled towards 0 and the SIL term fades as beta
+  grows. Here they are divided instead by their mean under the sampling distribution, sum_j P(j) w_j, so a
+  batch's mean weight is ~1 (as uniform's) at every beta, and at beta = 1 the weighted loss is an unbiased
+  estimate of the uniform one. The floor ``eps`` (0.01 log-percent) bounds a weight at
+  ~(mean priority / eps)^(alpha beta).
 - ``her``: hindsight relabelling for a goal-conditioned policy (:mod:`src.rl.her`); the
   relabelled transitions are stored beside the originals and sampled uniformly.
 
@@ -55,7 +45,7 @@ class ReplayConfig:
     value_coef: float = 0.01  # SIL value-loss weight (paper: 0.01)
     alpha: float = 0.6  # prioritisation exponent (prioritized)
     beta0: float = 0.4  # initial importance-sampling exponent, annealed to 1 (prioritized)
-    eps: float = 1e-6  # priority floor, so every transition stays reachable
+    eps: float = 0.01  # priority floor in log-percent, so every transition stays reachable (prioritized)
     her_k: int = 4  # relabels per transition (her)
     her_horizon: int = 16  # goal window in bars (her)
     goal_low: float = -0.5  # behaviour goals: annualised return drawn uniformly from [low, high] (her)
@@ -227,12 +217,12 @@ class ReplayBuffer:
 
 
 def importance_weights(priorities: torch.Tensor, idx: torch.Tensor, beta: float) -> torch.Tensor:
-    """w_i = (N P(i))^-beta / max_j w_j over the N stored transitions, P(i) = p_i / sum p
-    (``priorities`` are the stored p^alpha). max_j w_j belongs to the smallest priority."""
+    """w_i = (N P(i))^-beta / sum_j P(j) (N P(j))^-beta over the N stored transitions, P(i) = p_i / sum p
+    (``priorities`` are the stored p^alpha): mean 1 under the sampling distribution (see the module docstring)."""
     n = priorities.numel()
     probs = priorities / priorities.sum()
-    w = (n * probs[idx]) ** (-beta)
-    return w / (n * probs.min()) ** (-beta)
+    raw = (n * probs) ** (-beta)
+    return raw[idx] / (probs * raw).sum()
 
 
 def annealed_beta(beta0: float, progress: float) -> float:
@@ -241,15 +231,21 @@ def annealed_beta(beta0: float, progress: float) -> float:
 
 
 def sil_loss(
-    logp: torch.Tensor, value: torch.Tensor, returns: torch.Tensor, weights: torch.Tensor, value_coef: float
+    logp: torch.Tensor,
+    value: torch.Tensor,
+    returns: torch.Tensor,
+    weights: torch.Tensor,
+    value_coef: float,
+    value_scale: torch.Tensor | float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Self-imitation loss (Oh et al., 2018, eq. 1-3) with importance weights.
+    """Self-imitation loss (Oh et al., 2018, eq. 1-3) with importance weights; ``value`` and ``returns`` in
+    return units, the value term divided by ``value_scale`` squared (the critic's units).
 
     Returns the loss, the gaps (R - V)+ (new priorities) and diagnostics.
     """
     gap = (returns - value).clamp_min(0.0)
     pol = -(logp * gap.detach() * weights).mean()
-    val = 0.5 * (weights * gap.pow(2)).mean()
+    val = 0.5 * (weights * (gap / value_scale).pow(2)).mean()
     with torch.no_grad():
         stats = {
             "sil_policy_loss": pol.detach(),

@@ -31,9 +31,10 @@ class Rollout:
     goal: torch.Tensor | None = None  # (T, N, 2) goal features the policy saw (replay=her)
     next_goal: torch.Tensor | None = None  # (T, N, 2) goal features after the step (bootstrap of cut episodes)
     her: dict[str, torch.Tensor] | None = None  # (T, N) GoalTracker records
+    member: torch.Tensor | None = None  # (T, N) long: the ensemble member acting (ensembles)
 
     @classmethod
-    def allocate(cls, steps: int, env: MarketEnv, goal_conditioned: bool = False) -> Rollout:
+    def allocate(cls, steps: int, env: MarketEnv, goal_conditioned: bool = False, members: bool = False) -> Rollout:
         n, w, f = env.n, env.m.window, env.m.num_features
         dev = env.m.device
 
@@ -57,6 +58,7 @@ class Rollout:
             goal=z(2) if goal_conditioned else None,
             next_goal=z(2) if goal_conditioned else None,
             her={k: z(dtype=d) for k, d in HER_FIELDS.items()} if goal_conditioned else None,
+            member=z(dtype=torch.long) if members else None,
         )
 
     @property
@@ -66,7 +68,8 @@ class Rollout:
     def flat_obs(self) -> Obs:
         t, n = self.actions.shape
         goal = None if self.goal is None else self.goal.view(t * n, 2)
-        return Obs(self.market.view(t * n, *self.market.shape[2:]), self.position.view(t * n, 1), goal)
+        member = None if self.member is None else self.member.view(t * n)
+        return Obs(self.market.view(t * n, *self.market.shape[2:]), self.position.view(t * n, 1), goal, member)
 
 
 HER_FIELDS = {
@@ -94,12 +97,15 @@ def collect(
     buf: Rollout,
     goals: GoalTracker | None = None,
     policy: Callable[[Obs], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+    members=None,
 ) -> Obs:
     """Fill ``buf`` with ``buf.steps`` env steps; return the observation to continue from.
 
     With ``goals`` (``replay=her``) the policy sees the goal features, and the tracker's
     per-step records (achieved growth, goal, window step, goal reward) go to ``buf.her``.
     ``policy``: :func:`act` for ``model`` in another form (``compile=true``: compiled); default :func:`act`.
+    With ``members`` (an ensemble's :class:`~src.models.ensemble.MemberTracker`) each episode's acting member
+    rides along in the observations and goes to ``buf.member``.
 
     ``next_values`` is V(s_{t+1}) of the state reached: the next stored value,
     V of the final observation for truncated episodes (one batched pass at
@@ -112,6 +118,9 @@ def collect(
         if goals is not None:
             obs = goals.attach(obs)
             buf.goal[t] = obs.goal
+        if members is not None:
+            obs = members.attach(obs)
+            buf.member[t] = obs.member
         action, buf.logprobs[t], buf.values[t] = act(model, obs) if policy is None else policy(obs)
         buf.actions[t] = action
         obs, reward, term, trunc, info = env.step(action)
@@ -121,13 +130,16 @@ def collect(
         if goals is not None:
             for k, v in goals.step(reward, term | trunc).items():
                 buf.her[k][t] = v
-            buf.next_goal[t] = goals.features()
+            buf.next_goal[t] = goals.bootstrap_goal
+        if members is not None:
+            members.step(reward, term | trunc)
+    last = obs if goals is None else goals.attach(obs)
     buf.next_values[:-1] = buf.values[1:]
-    buf.next_values[-1] = model.value(obs if goals is None else goals.attach(obs))
+    buf.next_values[-1] = model.value(last if members is None else members.attach(last))
     idx = buf.truncated.nonzero(as_tuple=True)
-    if idx[0].numel():
+    if idx[0].numel():  # the state a cut episode reached, valued by its own goal window and acting member
         final = env.observe(buf.final_t[idx], buf.final_position[idx])
-        if goals is not None:
-            final = Obs(final.market, final.position, buf.next_goal[idx])
-        buf.next_values[idx] = model.value(final)
+        goal = None if goals is None else buf.next_goal[idx]
+        member = None if members is None else buf.member[idx]
+        buf.next_values[idx] = model.value(Obs(final.market, final.position, goal, member))
     return obs
