@@ -62,7 +62,7 @@ compare-optimizers: $(STAMP)  ## every optimizer x 3 seeds on tsla and synthetic
 
 EXPLORE_DIR ?= outputs/multirun/exploration_replay_$(COMPARE_NOW)
 EXPLORE_VARIANTS ?= curiosity=none curiosity=rnd replay=uniform replay=prioritized replay=her algo=grpo
-compare-exploration: $(STAMP)  ## PPO vs curiosity, each replay and GRPO, 3 seeds on tsla and synthetic, same env-step budget; writes experiments/exploration_replay/results.md
+compare-exploration: $(STAMP)  ## PPO vs curiosity, each replay and GRPO, 3 seeds on tsla and planted, same env-step budget; writes experiments/exploration_replay/results.md
 	bash experiments/run_variants.sh $(PYTHON) $(EXPLORE_DIR) $(COMPARE_STEPS) $(COMPARE_THREADS) $(EXPLORE_VARIANTS)
 	$(PYTHON) experiments/compare.py $(EXPLORE_DIR) --out experiments/exploration_replay --label variant --baseline ppo \
 		--title "Exploration, replay and GRPO against plain PPO" \
@@ -72,7 +72,7 @@ AUGMENT_DIR ?= outputs/multirun/augment_ensemble_curriculum_$(COMPARE_NOW)
 AUGMENT_VARIANTS ?= augmentation=none augmentation=jitter augmentation=magnitude_warp augmentation=time_warp \
 	augmentation=window_slice augmentation=mixup augmentation=cutmix augmentation=all ensemble=three ensemble=five \
 	curriculum=linear curriculum=adaptive
-compare-augment: $(STAMP)  ## baseline vs each augmentation, ensembles of 3 and 5, each curriculum; 3 seeds on tsla and synthetic; writes experiments/augment_ensemble_curriculum/results.md
+compare-augment: $(STAMP)  ## baseline vs each augmentation, ensembles of 3 and 5, each curriculum; 3 seeds on tsla and planted; writes experiments/augment_ensemble_curriculum/results.md
 	bash experiments/run_variants.sh $(PYTHON) $(AUGMENT_DIR) $(COMPARE_STEPS) $(COMPARE_THREADS) $(AUGMENT_VARIANTS)
 	$(PYTHON) experiments/compare.py $(AUGMENT_DIR) --out experiments/augment_ensemble_curriculum --label variant --baseline ppo \
 		--title "Augmentation, ensembles and curricula against plain PPO" \
