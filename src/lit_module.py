@@ -92,7 +92,7 @@ class PPOModule(EvaluationHooks, CheckpointHooks, StepHooks, L.LightningModule):
                 optional["curiosity"],
                 num_features=market.num_features,
                 window=market.window,
-                position_scale=max(abs(lo), abs(hi)),
+                position_limits=(lo, hi),
             )
             if optional["curiosity"]
             else None
@@ -108,6 +108,11 @@ class PPOModule(EvaluationHooks, CheckpointHooks, StepHooks, L.LightningModule):
         self.model, ens_addons = ens.build(lambda: build(self.cfg.model, **shape))
         self.rule = self.ppo.rule(self.model)
         self.grpo = self.rule.grouped_episodes
+        if self.grpo and ens.size > 1:
+            raise ConfigError(
+                "algo=grpo with an ensemble is not supported: a group's trajectories would be acted by different "
+                "members, and the group-relative advantage would rank members, not actions"
+            )
         self.addons: list[AddOn] = [a for a in (self.curiosity, self.replay) if a is not None] + ens_addons
         for a in self.addons:
             if a.needs_critic and not self.rule.has_critic:
@@ -194,6 +199,8 @@ class PPOModule(EvaluationHooks, CheckpointHooks, StepHooks, L.LightningModule):
         self.obs = self.env.reset()
         if self._ep_acc is not None:
             self._ep_acc.zero_()
+        for a in self.addons:
+            a.episodes_broken()
         return True
 
     def configure_optimizers(self):
@@ -244,6 +251,8 @@ class PPOModule(EvaluationHooks, CheckpointHooks, StepHooks, L.LightningModule):
             anywhere = float(self._across_ranks(torch.tensor(float(bool(fault)), device=self.device))) > 0
             fault = fault or ("values on another rank" if anywhere else None)
         if fault:
+            for a in self.addons:  # this rollout's steps are lost: no episode in progress can be completed
+                a.episodes_broken()
             self._fault(f"non-finite {fault} in the rollout")
             return
         rewards = b.rewards * p.reward_scale  # value targets in log-percent, not ~1e-3 (reports use the ledger)

@@ -38,7 +38,7 @@ class CheckpointHooks:
             "iterations": self.iterations,
         }
         if self.env is not None:  # replay contents, priorities, trackers: a resumed run samples the same
-            checkpoint["tradelab"]["addons"] = [a.extra_state() for a in self.addons]
+            checkpoint["tradelab"]["addons"] = {type(a).__name__: a.extra_state() for a in self.addons}
         if self.switched_augmentation is not None:
             checkpoint["tradelab"]["switched_augmentation"] = self.switched_augmentation
         if self.env is not None:
@@ -68,9 +68,13 @@ class CheckpointHooks:
         if self.env is not None:
             self._restore_extra(self._saved_extra)
 
-    def _restore_extra(self, saved: list[dict] | None) -> None:
-        for a, state in zip(self.addons, saved or [], strict=False):
-            a.load_extra_state(state)
+    def _restore_extra(self, saved: dict | None) -> None:
+        saved = saved or {}
+        for a in self.addons:
+            name = type(a).__name__
+            if name not in saved and a.extra_state():
+                raise ConfigError(f"the checkpoint has no state for {name}: the config's add-ons changed")
+            a.load_extra_state(saved.get(name, {}))
 
     def on_train_start(self) -> None:
         # after Lightning's restore and loop set-up: the next draw is the one the interrupted run made next

@@ -74,6 +74,11 @@ def test_the_curiosity_bonus_depends_on_the_action_and_rewards_positions_not_yet
     assert float(corr) < 0.9
     # the action moves the bonus by more than the market does across states
     assert float((novel - visited).abs().mean()) > float(visited.std())
+    # full short is as far from the long book as it gets: not the same features as full long
+    one = torch.ones_like(held.position)
+    assert float(rnd.bonus(Obs(held.market, -one), update_stats=False).mean()) > 3 * float(
+        rnd.bonus(Obs(held.market, one), update_stats=False).mean()
+    )
 
 
 # ---- prioritized replay: high-gap transitions more often, weights that do not silence the loss ----
@@ -119,8 +124,11 @@ def test_finished_episodes_hand_over_monte_carlo_returns_across_rollouts():
         return fe.push(f, col(r), col(term, torch.bool), col(trunc, torch.bool), col(boot))
 
     big = [1000.0] * 3  # a critic that would dominate any bootstrapped return
-    span, ret, ready = push([1, 2, 3], [0, 0, 0], [0, 0, 0], big)
-    assert not ready.any()
+    rollout = torch.tensor([1.0, 2.0, 3.0])[:, None]  # a rollout buffer the next rollout overwrites in place
+    span, ret, ready = fe.push({"reward_id": rollout}, rollout, *(torch.zeros(3, 1, dtype=torch.bool),) * 2,
+                               torch.tensor(big)[:, None])  # fmt: skip
+    rollout.fill_(-1.0)
+    assert not ready.any() and fe.pending["reward_id"].flatten().tolist() == [1.0, 2.0, 3.0]
     span, ret, ready = push([4, 5, 6], [0, 1, 0], [0, 0, 0], big)
     got = dict(zip(span["reward_id"][ready].tolist(), ret[ready].tolist(), strict=True))
     assert got == pytest.approx({1: 3.5625, 2: 5.125, 3: 6.25, 4: 6.5, 5: 5.0})

@@ -271,12 +271,13 @@ def test_add_on_state_survives_a_kill_and_resume(tmp_path, extra):
     saved = ckpt["tradelab"]
     assert saved["iterations"] == 4
     if "curiosity=rnd" in extra:
-        assert saved["addons"][1]["replay"]["size"] > 0 and float(saved["addons"][1]["replay"]["tree"].sum()) > 0
+        replay = saved["addons"]["SelfImitation"]["replay"]
+        assert replay["size"] > 0 and float(replay["tree"].sum()) > 0
         assert any(k.startswith("curiosity.predictor") for k in ckpt["state_dict"])
     elif "replay=her" in extra:
-        assert saved["addons"][0]["replay"]["size"] > 0 and "goals" in saved["addons"][0]
+        assert saved["addons"]["Hindsight"]["replay"]["size"] > 0 and "goals" in saved["addons"]["Hindsight"]
     elif "ensemble=three" in extra:
-        assert "members" in saved["addons"][0]
+        assert "members" in saved["addons"]["Diversity"]
     else:  # GRPO: the frozen reference travels with the weights
         assert any(k.startswith("rule.ref.") for k in ckpt["state_dict"])
     assert outcome(cut) == outcome(full)

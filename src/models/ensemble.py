@@ -36,6 +36,7 @@ from src.envs.market_env import Obs
 from src.errors import ConfigError
 from src.models.distributions import ScaledBeta
 from src.rl.addons import AddOn, Batch, Iteration
+from src.rl.value_norm import pooled_moments
 
 AGGREGATES = ("mean", "median", "uncertainty")
 
@@ -250,7 +251,8 @@ class Diversity(AddOn):
     def observe(self, it: Iteration, rule, batch: Batch, rewards: torch.Tensor) -> None:
         idx = torch.arange(0, batch.size, max(1, batch.size // self.SAMPLE), device=batch.actions.device)
         o = batch.take(idx).obs
-        std = self.model(Obs(o.market, o.position, o.goal))[0].member_means.std(dim=0, unbiased=False).mean()
+        std = self.model(Obs(o.market, o.position, o.goal))[0].member_means.std(dim=0, unbiased=False)
+        std = pooled_moments(std)[0].float()  # the same typical level on every DDP rank
         t = self.model.typical_std
         t.copy_(torch.where(t > 0, self.MOMENTUM * t + (1 - self.MOMENTUM) * std, std))
         it.logs["ensemble/typical_std"] = t.clone()

@@ -63,6 +63,7 @@ class Iteration:
     reward_scale: float
     gamma: float
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    raw_next_values: torch.Tensor | None = None  # (T, N) the critic's V(s_t+1) in return units, set by the rule
     _next_obs: Obs | None = None
 
     def next_obs(self) -> Obs:
@@ -102,12 +103,19 @@ class AddOn:
     def observe(self, it: Iteration, rule, batch: Batch, rewards: torch.Tensor) -> None:
         """After the targets exist, before the update (e.g. store the rollout)."""
 
-    def loss(self, model: nn.Module, mb: Batch, out, it: Iteration, rule, terms: dict) -> torch.Tensor | None:
-        """A term added to the minibatch loss; ``out``: the policy's (dist, value) on ``mb.obs``."""
+    def loss(
+        self, model: nn.Module, mb: Batch, idx: torch.Tensor, it: Iteration, rule, terms: dict
+    ) -> torch.Tensor | None:
+        """A term added to the minibatch loss (log its parts into ``terms``); ``idx``: the minibatch's rows of the
+        flat rollout (e.g. to index ``it.next_obs()``)."""
         return None
 
     def after_step(self) -> None:
         """After each optimizer step (e.g. refresh priorities)."""
+
+    def episodes_broken(self) -> None:
+        """The training episodes in progress were cut without an episode end (a skipped rollout, an env
+        rebuilt): forget what was waiting for their end."""
 
     def extra_state(self) -> dict:
         """State outside module buffers that a resumed run needs (replay contents, trackers)."""

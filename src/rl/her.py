@@ -21,7 +21,10 @@ transition is stored once its episode has ended, with its Monte-Carlo return.
 
 A step that ends an episode by the length limit is bootstrapped with the value of the state
 it reached *in the same window* (same goal, growth so far, one bar further on): the goal a
-restarted episode draws belongs to another episode.
+restarted episode draws belongs to another episode. Where the window had also ended (its last
+bar), the next window's goal is a fresh draw either way: the bootstrap uses the one drawn, a
+one-sample estimate. The steps of a window cut short by the length limit are not relabelled
+(their bootstrap depends on their own goal).
 """
 
 from __future__ import annotations
@@ -188,19 +191,22 @@ class Hindsight(SelfImitation):
     def observe(self, it: Iteration, rule, batch: Batch, rewards: torch.Tensor) -> None:
         b, k = it.rollout, self.cfg.her_k
         fields = {"market": b.market, "position": b.position, "actions": b.actions, "goal_features": b.goal}
-        fields.update({f"her_{n}": v for n, v in b.her.items()})
-        span, ret, ready = self.episodes.push(
-            fields, rewards, b.terminated, b.truncated, rule.raw_values(b.next_values)
-        )
+        fields.update({f"her_{n}": v for n, v in b.her.items()}, truncated=b.truncated)
+        span, ret, ready = self.episodes.push(fields, rewards, b.terminated, b.truncated, it.raw_next_values)
         rec = {n[4:]: v for n, v in span.items() if n.startswith("her_")}
         _, _, feats, ret_k = relabel_future(rec, ret, self.cfg, self.gamma, self.scale)
         keep = ready.nonzero(as_tuple=True)
-        m, pos, a = span["market"][keep], span["position"][keep], span["actions"][keep]
-        goal = torch.cat([span["goal_features"][keep], *(feats[i][keep] for i in range(k))])
-        returns = torch.cat([ret[keep], *(ret_k[i][keep] for i in range(k))])
-        self.buffer.add(Obs(m.repeat(k + 1, 1, 1), pos.repeat(k + 1, 1), goal), a.repeat(k + 1), returns)
+        relabel = (ready & ~_cut_windows(rec, span["truncated"], self.cfg.her_horizon)).nonzero(as_tuple=True)
+        m, pos, a = span["market"], span["position"], span["actions"]
+        cat = lambda x, rx: torch.cat([x[keep], *(rx(i)[relabel] for i in range(k))])  # noqa: E731
+        goal = cat(span["goal_features"], lambda i: feats[i])
+        returns = cat(ret, lambda i: ret_k[i])
+        obs = Obs(cat(m, lambda i: m), cat(pos, lambda i: pos), goal)
+        self.buffer.add(obs, cat(a, lambda i: a), returns)
         it.logs["her/stored"] = torch.tensor(float(returns.numel()))
-        it.logs["her/relabel_return_gain"] = (returns[ret[keep].numel() :].view(k, -1) - ret[keep]).mean()
+        if k and relabel[0].numel():
+            gain = torch.stack([ret_k[i][relabel] - ret[relabel] for i in range(k)])
+            it.logs["her/relabel_return_gain"] = gain.mean()
         self._log(it, ready)
 
     def extra_state(self) -> dict:
@@ -211,3 +217,17 @@ class Hindsight(SelfImitation):
         if "goals" in state:
             self.goals.load_state_dict(state["goals"])
             self.goals.gen.set_state(state["goals"]["generator"])
+
+
+def _cut_windows(rec: dict[str, torch.Tensor], truncated: torch.Tensor, horizon: int) -> torch.Tensor:
+    """(T, N) bool: the step's goal window was ended by the episode-length limit before its last bar. Such a
+    window's return is bootstrapped with V of the state reached *under its own goal*, which a relabelled goal
+    would change; those steps are stored with their own goal only."""
+    end, j = rec["end"], rec["j"]
+    cut_here = end & truncated & (j < horizon - 1)
+    out = torch.zeros_like(end)
+    nxt = torch.zeros_like(end[0])
+    for t in range(end.shape[0] - 1, -1, -1):
+        nxt = torch.where(end[t], cut_here[t], nxt)
+        out[t] = nxt
+    return out

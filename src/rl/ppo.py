@@ -136,10 +136,8 @@ class PPO(nn.Module):
 
     def targets(self, it: Iteration, rewards: torch.Tensor) -> Batch:
         b, p = it.rollout, self.cfg
-        values = self.raw_values(b.values)
-        adv, ret = compute_gae(
-            rewards, values, self.raw_values(b.next_values), b.terminated, b.dones, p.gamma, p.gae_lambda
-        )
+        values, it.raw_next_values = self.raw_values(b.values), self.raw_values(b.next_values)  # before the update
+        adv, ret = compute_gae(rewards, values, it.raw_next_values, b.terminated, b.dones, p.gamma, p.gae_lambda)
         if self.value_norm is not None:  # targets in the units of this iteration's statistics (MAPPO)
             self.value_norm.update(ret)
             mean, std = self.value_norm.stats()

@@ -56,9 +56,11 @@ class ReplayConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"replay.kind must be one of {KINDS}, got {self.kind!r}")
-        for k in ("capacity", "batch_size", "her_k", "her_horizon"):
+        for k in ("capacity", "batch_size", "her_horizon"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"replay.{k} must be > 0, got {getattr(self, k)}")
+        if self.her_k < 0:  # 0: goal-conditioned self-imitation without relabelling (an ablation)
+            raise ConfigError(f"replay.her_k must be >= 0, got {self.her_k}")
         if self.batch_size > self.capacity:
             raise ConfigError(f"replay.batch_size ({self.batch_size}) must be <= replay.capacity ({self.capacity})")
         if not 0 <= self.beta0 <= 1 or self.alpha < 0 or self.eps <= 0:
@@ -135,6 +137,7 @@ class ReplayBuffer:
         self.market = torch.zeros(c, window, num_features, device=device)
         self.position = torch.zeros(c, 1, device=device)
         self.goal = torch.zeros(c, 2, device=device) if cfg.goal_conditioned else None
+        self.member: torch.Tensor | None = None  # the acting ensemble member, allocated when first given
         self.actions = torch.zeros(c, device=device)
         self.returns = torch.zeros(c, device=device)
         self.tree = SumTree(c, device) if cfg.prioritized else None
@@ -151,14 +154,19 @@ class ReplayBuffer:
         only its last ``capacity`` transitions are kept)."""
         cap = self.cfg.capacity
         if actions.shape[0] > cap:
-            goal = None if obs.goal is None else obs.goal[-cap:]
-            obs, actions, returns = Obs(obs.market[-cap:], obs.position[-cap:], goal), actions[-cap:], returns[-cap:]
+            last = lambda x: None if x is None else x[-cap:]  # noqa: E731
+            obs = Obs(obs.market[-cap:], obs.position[-cap:], last(obs.goal), last(obs.member))
+            actions, returns = actions[-cap:], returns[-cap:]
         b = actions.shape[0]
         idx = (torch.arange(b, device=self.actions.device) + self.ptr) % self.cfg.capacity
         self.market[idx] = obs.market
         self.position[idx] = obs.position
         if self.goal is not None:
             self.goal[idx] = obs.goal
+        if obs.member is not None:
+            if self.member is None:
+                self.member = torch.zeros(cap, dtype=torch.long, device=idx.device)
+            self.member[idx] = obs.member
         self.actions[idx], self.returns[idx] = actions, returns
         if self.tree is not None:  # new transitions at the max priority: each is seen at least once soon
             self.tree.update(idx, torch.full((b,), self.max_priority**self.cfg.alpha, device=idx.device))
@@ -179,7 +187,8 @@ class ReplayBuffer:
 
     def get(self, idx: torch.Tensor) -> tuple[Obs, torch.Tensor, torch.Tensor]:
         goal = None if self.goal is None else self.goal[idx]
-        return Obs(self.market[idx], self.position[idx], goal), self.actions[idx], self.returns[idx]
+        member = None if self.member is None else self.member[idx]
+        return Obs(self.market[idx], self.position[idx], goal, member), self.actions[idx], self.returns[idx]
 
     def update_priorities(self, idx: torch.Tensor, gaps: torch.Tensor) -> None:
         """Priorities of sampled transitions := (R - V)+ + eps (the latest estimate)."""
@@ -193,6 +202,7 @@ class ReplayBuffer:
         s = {k: getattr(self, k).cpu() for k in ("market", "position", "actions", "returns")}
         s.update(
             goal=None if self.goal is None else self.goal.cpu(),
+            member=None if self.member is None else self.member.cpu(),
             ptr=self.ptr,
             size=self.size,
             added=self.added,
@@ -211,6 +221,8 @@ class ReplayBuffer:
             getattr(self, k).copy_(s[k])
         if self.goal is not None:
             self.goal.copy_(s["goal"])
+        if s.get("member") is not None:
+            self.member = s["member"].to(self.actions.device)
         if self.tree is not None:
             self.tree.tree.copy_(s["tree"])
         self.ptr, self.size, self.added, self.max_priority = s["ptr"], s["size"], s["added"], s["max_priority"]
@@ -239,12 +251,12 @@ def sil_loss(
     value_scale: torch.Tensor | float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Self-imitation loss (Oh et al., 2018, eq. 1-3) with importance weights; ``value`` and ``returns`` in
-    return units, the value term divided by ``value_scale`` squared (the critic's units).
+    return units, the gaps divided by ``value_scale`` (the critic's units) in both terms.
 
     Returns the loss, the gaps (R - V)+ (new priorities) and diagnostics.
     """
     gap = (returns - value).clamp_min(0.0)
-    pol = -(logp * gap.detach() * weights).mean()
+    pol = -(logp * (gap / value_scale).detach() * weights).mean()
     val = 0.5 * (weights * (gap / value_scale).pow(2)).mean()
     with torch.no_grad():
         stats = {

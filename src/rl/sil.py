@@ -11,10 +11,12 @@ episode at gamma = 0.99 that term weighs 0.08 at the episode's first step and 1 
 Every PPO minibatch step then draws a replay batch (uniform, or prioritized by the gap: Schaul et al., 2016,
 :mod:`src.rl.replay`) and adds
 
-    coef * mean_i w_i [ -log pi(a_i | s_i) (R_i - V(s_i))+  +  value_coef / 2 ((R_i - V(s_i))+ / sigma)^2 ]
+    coef * mean_i w_i [ -log pi(a_i | s_i) (R_i - V(s_i))+ / sigma  +  value_coef / 2 ((R_i - V(s_i))+ / sigma)^2 ]
 
 to the loss: the policy imitates past actions that did *better* than the critic now expects, and the critic
-is pulled up to those returns (sigma: the value normaliser's std, so the value term is in the critic's units).
+is pulled up to those returns. sigma is the value normaliser's std: both terms are in the critic's units, so
+their weight against PPO's (normalised) advantages does not depend on the market's return scale; Oh et al.
+clip Atari's rewards to the same end.
 """
 
 from __future__ import annotations
@@ -50,7 +52,12 @@ class FinishedEpisodes:
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         new = {**fields, "_r": rewards, "_term": terminated, "_trunc": truncated, "_boot": bootstrap}
         new["_open"] = torch.ones_like(terminated)
-        span = new if self.pending is None else {k: torch.cat([self.pending[k], v]) for k, v in new.items()}
+        # copies, never views: the rollout's buffers are overwritten by the next rollout
+        span = (
+            {k: v.clone() for k, v in new.items()}
+            if self.pending is None
+            else {k: torch.cat([self.pending[k], v]) for k, v in new.items()}
+        )
         r, term, trunc, boot = span["_r"], span["_term"], span["_trunc"], span["_boot"]
         g = torch.zeros_like(r[0])
         ended = torch.zeros_like(term[0])
@@ -71,12 +78,20 @@ class FinishedEpisodes:
         self.pending = {k: v[first:] for k, v in span.items()}
         return {k: v for k, v in span.items() if not k.startswith("_")}, ret, ready
 
+    def forget_open(self) -> None:
+        """Drop every step still waiting (its episode was cut without an end), counted in ``dropped``."""
+        if self.pending is not None:
+            self.dropped += int(self.pending["_open"].sum())
+        self.pending = None
+
     def state_dict(self) -> dict:
-        return {"pending": None if self.pending is None else {k: v.cpu() for k, v in self.pending.items()}}
+        pending = None if self.pending is None else {k: v.cpu() for k, v in self.pending.items()}
+        return {"pending": pending, "dropped": self.dropped}
 
     def load_state_dict(self, state: dict, device) -> None:
         p = state.get("pending")
         self.pending = None if p is None else {k: v.to(device) for k, v in p.items()}
+        self.dropped = int(state.get("dropped", 0))
 
 
 class SelfImitation(AddOn):
@@ -102,12 +117,17 @@ class SelfImitation(AddOn):
         """Hand the steps whose episode ended to the buffer, with their Monte-Carlo returns."""
         b = it.rollout
         fields = {"market": b.market, "position": b.position, "actions": b.actions}
-        span, ret, ready = self.episodes.push(
-            fields, rewards, b.terminated, b.truncated, rule.raw_values(b.next_values)
-        )
+        if b.member is not None:  # an ensemble: imitate with the member that acted
+            fields["member"] = b.member
+        span, ret, ready = self.episodes.push(fields, rewards, b.terminated, b.truncated, it.raw_next_values)
         keep = ready.nonzero(as_tuple=True)
-        self.buffer.add(Obs(span["market"][keep], span["position"][keep]), span["actions"][keep], ret[keep])
+        member = span["member"][keep] if "member" in span else None
+        obs = Obs(span["market"][keep], span["position"][keep], member=member)
+        self.buffer.add(obs, span["actions"][keep], ret[keep])
         self._log(it, ready)
+
+    def episodes_broken(self) -> None:
+        self.episodes.forget_open()
 
     def _log(self, it: Iteration, ready: torch.Tensor) -> None:
         it.logs["replay/size"] = torch.tensor(float(self.buffer.size))

@@ -12,7 +12,20 @@ normalisation" of Yu et al., 2022; van Hasselt et al., 2016 without PopArt's out
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
+
+
+def pooled_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean, mean square and count of ``x`` over every DDP rank (each rank holds as many values), float64.
+    On one process: ``x``'s own. Running statistics built from these are the same on every rank."""
+    x = x.detach().double().flatten()
+    m = torch.stack([x.mean(), (x * x).mean()])
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world > 1:
+        dist.all_reduce(m)
+        m = m / world
+    return m[0], m[1], x.numel() * world
 
 
 class RunningMeanStd(nn.Module):
@@ -27,8 +40,8 @@ class RunningMeanStd(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        x = x.detach().double().flatten()
-        n, m, v = x.numel(), x.mean(), x.var(unbiased=False)
+        m, sq, n = pooled_moments(x)
+        v = (sq - m * m).clamp_min(0.0)
         delta, tot = m - self.mean, self.count + n
         new_mean = self.mean + delta * n / tot
         m2 = self.var * self.count + v * n + delta**2 * self.count * n / tot
@@ -53,10 +66,10 @@ class ValueNorm(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        x = x.detach().double()
+        m, sq, _ = pooled_moments(x)
         b = self.beta
-        self.m1.mul_(b).add_((1 - b) * x.mean())
-        self.m2.mul_(b).add_((1 - b) * (x * x).mean())
+        self.m1.mul_(b).add_((1 - b) * m)
+        self.m2.mul_(b).add_((1 - b) * sq)
         self.debias.mul_(b).add_(1 - b)
 
     def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
