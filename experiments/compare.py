@@ -103,18 +103,23 @@ def table(df: pd.DataFrame, name: str) -> str:
 
 
 def versus(df: pd.DataFrame, baseline: str) -> str:
-    """Each label minus the baseline, per env: differences of seed means, with Welch's t-test p-value.
+    """Each label minus the baseline, per env: differences of seed means, with the two-sample t-test's p-value
+    (Student's, equal seeds per arm) and, per env, the minimum detectable difference of the design.
 
     With 3 seeds a test has little power: p >= 0.05 means "no measurable difference", not "no effect".
     """
+    import numpy as np
     from scipy.stats import ttest_ind
 
+    from src.stats import min_detectable_difference
+
     lines = [
-        f"Difference from `{baseline}` (mean over seeds; Welch's t-test p-value in brackets):",
+        f"Difference from `{baseline}` (mean over seeds; two-sample t-test p-value in brackets):",
         "",
         "| env | variant | Δ val Sharpe | Δ test Sharpe | Δ env-steps/s |",
         "|---|---|---:|---:|---:|",
     ]
+    detect = []
     for env, e in df.groupby("env", sort=True):
         base = e[e.label == baseline]
         if base.empty:
@@ -122,10 +127,21 @@ def versus(df: pd.DataFrame, baseline: str) -> str:
         for lab, g in e[e.label != baseline].groupby("label", sort=True):
             cells = []
             for col in ("val_sharpe", "test_sharpe"):
-                p = ttest_ind(g[col], base[col], equal_var=False).pvalue if min(len(g), len(base)) > 1 else float("nan")
+                p = ttest_ind(g[col], base[col]).pvalue if min(len(g), len(base)) > 1 else float("nan")
                 cells.append(f"{g[col].mean() - base[col].mean():+.3f} (p={p:.2f})")
             cells.append(f"{g.sps.mean() / base.sps.mean() - 1:+.0%}")
             lines.append(f"| {env} | {lab} | " + " | ".join(cells) + " |")
+        sd = float(np.sqrt(e.groupby("label").test_sharpe.var(ddof=1).mean()))  # pooled within-variant spread
+        n = int(e.groupby("label").size().min())
+        if n > 1:
+            mdd = min_detectable_difference(sd, n)
+            detect.append(f"{env}: {mdd:.2f} (pooled seed sd of test Sharpe {sd:.3f}, {n} seeds per variant)")
+    if detect:
+        lines += [
+            "",
+            "Minimum detectable difference in test Sharpe (two-sided 5% test, 80% power), measured from these runs' "
+            "own spread: " + "; ".join(detect) + ". A smaller true effect would most likely read as 'no difference'.",
+        ]
     return "\n".join(lines)
 
 

@@ -250,3 +250,25 @@ def bootstrap_sharpe(
     s = _sharpe_rows(r[block_bootstrap_indices(n, samples, block, seed)], bars_per_year)
     lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
     return {"low": float(np.quantile(s, lo_q)), "high": float(np.quantile(s, hi_q)), "block": block}
+
+
+def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference in means that a two-sided two-sample t-test on ``n`` runs per arm (equal
+    spread ``sd``) detects at level ``alpha`` with probability ``power``: the exact noncentral-t solution,
+    delta = ncp * sd * sqrt(2 / n) with P(|T'(df = 2n - 2, ncp)| > t_crit) = power. What an experiment of n seeds
+    per variant could have told apart, stated beside its table (Welch's test, which ``experiments/compare.py``
+    uses, has about this power when the spreads are equal)."""
+    from scipy.optimize import brentq
+    from scipy.stats import nct
+    from scipy.stats import t as student
+
+    if n < 2 or sd < 0 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"need n >= 2, sd >= 0, alpha and power in (0, 1); got {n}, {sd}, {alpha}, {power}")
+    df = 2 * n - 2
+    crit = student.ppf(1 - alpha / 2, df)
+
+    def shortfall(ncp: float) -> float:  # scipy's tail is NaN far out, where the power is 1
+        upper, lower = np.nan_to_num(nct.sf(crit, df, ncp), nan=1.0), np.nan_to_num(nct.cdf(-crit, df, ncp), nan=0.0)
+        return float(upper + lower) - power
+
+    return float(brentq(shortfall, 0.0, 50.0) * sd * math.sqrt(2.0 / n))
