@@ -316,37 +316,6 @@ class PPOModule(EvaluationHooks, CheckpointHooks, StepHooks, L.LightningModule):
         self._ep_acc = run
         return out
 
-    def _log_train(self, b: Rollout, targets: Batch, stats, done_eq, rollout_s: float, update_s: float) -> None:
-        groups = self.optimizers().param_groups
-        logs = {(k if "/" in k else f"losses/{k}"): v for k, v in stats.items()}
-        logs.update({f"charts/learning_rate_{g['optimizer']}": g["lr"] for g in groups if "optimizer" in g})
-        logs.update(
-            {
-                "charts/learning_rate": groups[0]["lr"],
-                "charts/env_steps": float(self.env_steps),
-                "charts/sps": b.actions.numel() / max(rollout_s + update_s, 1e-9),
-                "charts/rollout_sps": b.actions.numel() / max(rollout_s, 1e-9),
-                "train/reward_mean": b.rewards.mean(),
-                "train/position_abs_mean": b.actions.abs().mean(),
-                "train/turnover_mean": b.turnover.mean(),
-            }
-        )
-        if done_eq is not None:
-            logs["train/episode_return"] = (done_eq - 1).mean()
-            logs["train/episode_final_equity"] = done_eq.mean()
-        # under DDP each rank trained on its own episodes: logged figures are means over ranks
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1, sync_dist=self.trainer.world_size > 1)
-        self.log("sps", logs["charts/sps"], prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
-        tb = self._tb()
-        if tb is not None and self.trainer.fit_loop.epoch_loop._batches_that_stepped % 10 == 0:
-            tb.add_histogram("charts/positions", b.actions.flatten(), self.global_step)
-            tb.add_histogram("charts/advantages", targets.advantages, self.global_step)
-
-    def _tb(self):
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        return self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
-
 
 def _tensors(mb: Batch) -> tuple:
     """A minibatch as the positional arguments of :meth:`PPOModule._loss_eager` (what torch.compile sees)."""

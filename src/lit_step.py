@@ -1,6 +1,7 @@
-"""The LightningModule's gradient steps: the rule's loss (eager, compiled, or fused with its gradients) and the
-numerical-fault policy (a non-finite loss or gradient skips the step; too many in a row, or non-finite weights,
-stop the run). A mixin of :class:`src.lit_module.PPOModule`, which holds the state these methods read.
+"""The LightningModule's gradient steps and training log: the rule's loss (eager, compiled, or fused with its
+gradients), the numerical-fault policy (a non-finite loss or gradient skips the step; too many in a row, or
+non-finite weights, stop the run) and the per-iteration log. A mixin of :class:`src.lit_module.PPOModule`, which
+holds the state these methods read.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from src.envs.market_env import Obs
 from src.errors import NumericalFault
 from src.optim.clip import clip_grad_norm_, clipped
 from src.rl.addons import Batch
+from src.rl.rollout import Rollout
 
 
 class StepHooks:
@@ -120,6 +122,37 @@ class StepHooks:
             return
         names = ", ".join(n for (n, _), good in zip(named, ok.tolist(), strict=True) if not good)
         raise NumericalFault(f"stopping: non-finite weights {when} at step {self.global_step} ({names})")
+
+    def _log_train(self, b: Rollout, targets: Batch, stats, done_eq, rollout_s: float, update_s: float) -> None:
+        groups = self.optimizers().param_groups
+        logs = {(k if "/" in k else f"losses/{k}"): v for k, v in stats.items()}
+        logs.update({f"charts/learning_rate_{g['optimizer']}": g["lr"] for g in groups if "optimizer" in g})
+        logs.update(
+            {
+                "charts/learning_rate": groups[0]["lr"],
+                "charts/env_steps": float(self.env_steps),
+                "charts/sps": b.actions.numel() / max(rollout_s + update_s, 1e-9),
+                "charts/rollout_sps": b.actions.numel() / max(rollout_s, 1e-9),
+                "train/reward_mean": b.rewards.mean(),
+                "train/position_abs_mean": b.actions.abs().mean(),
+                "train/turnover_mean": b.turnover.mean(),
+            }
+        )
+        if done_eq is not None:
+            logs["train/episode_return"] = (done_eq - 1).mean()
+            logs["train/episode_final_equity"] = done_eq.mean()
+        # under DDP each rank trained on its own episodes: logged figures are means over ranks
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1, sync_dist=self.trainer.world_size > 1)
+        self.log("sps", logs["charts/sps"], prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
+        tb = self._tb()
+        if tb is not None and self.trainer.fit_loop.epoch_loop._batches_that_stepped % 10 == 0:
+            tb.add_histogram("charts/positions", b.actions.flatten(), self.global_step)
+            tb.add_histogram("charts/advantages", targets.advantages, self.global_step)
+
+    def _tb(self):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
 
 
 def first_nonfinite(*named: tuple[str, torch.Tensor]) -> str | None:

@@ -359,3 +359,24 @@ def test_dropout_is_refused_and_val_value_loss_is_nan_where_the_critic_learns_ot
         cfg = compose_cfg([*TINY, *extra], tmp_path)
         module = PPOModule(cfg, build(cfg.env))
         assert math.isfinite(module._value_loss(values, returns)) is finite, extra
+
+
+def test_a_long_only_policy_is_a_beta_over_the_limits_not_a_clamped_one(tmp_path):
+    """``env.position_limits=[0,1]``: the policy's support is [0, 1], so no mass is clipped to "flat" and the
+    deterministic action is the Beta's own mean (0.5 at initialisation), not clamp(mean of a [-1, 1] Beta) = 0."""
+    from src.lit_module import PPOModule
+    from src.utils import build
+    from tests.conftest import TINY, compose_cfg
+
+    cfg = compose_cfg([*TINY, "env.position_limits=[0,1]"], tmp_path)
+    module = PPOModule(cfg, build(cfg.env))
+    obs = Obs(torch.randn(512, 8, 10), torch.rand(512, 1))
+    with torch.no_grad():
+        dist, _ = module.model(obs)
+        a = dist.sample()
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    assert float((a < 0.05).float().mean()) < 0.05  # no pile-up at the bound
+    torch.testing.assert_close(dist.mean, torch.full((512,), 0.5), atol=0.02, rtol=0)
+    x = torch.rand(512)
+    d2 = torch.distributions.Beta(dist.alpha, dist.beta)
+    torch.testing.assert_close(dist.log_prob(x), d2.log_prob(x))  # width 1: no Jacobian term
