@@ -93,7 +93,7 @@ def _sparse_task(sil: bool, seed: int, iterations: int = 40, n: int = 256, tol: 
         b = SimpleNamespace(
             rewards=row(r), values=row(v), next_values=row(torch.zeros(n)), terminated=done, truncated=~done,
             dones=done, actions=row(a), logprobs=row(dist.log_prob(a)), market=obs.market[None],
-            position=obs.position[None], flat_obs=lambda obs=obs: obs,
+            position=obs.position[None], flat_obs=lambda obs=obs: obs, member=None,
         )  # fmt: skip
         it = Iteration(b, None, i, i / iterations, 1.0, 0.99)
         batch = rule.targets(it, b.rewards)
