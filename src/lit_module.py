@@ -225,9 +225,7 @@ class PPOModule(EvaluationHooks, CheckpointHooks, StepHooks, L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> None:
         t0 = time.perf_counter()
         p = self.ppo
-        it = Iteration(
-            self.buf, self.env, self.iterations, min(self.global_step / self._budget(), 1.0), p.reward_scale, p.gamma
-        )
+        it = Iteration(self.buf, self.env, self.iterations, min(self.global_step / self._budget(), 1.0))
         self.rule.begin(self.model, it)
         self.model.eval()  # the behaviour policy (dropout is refused: nothing differs but the bookkeeping)
         if self.grpo:  # every iteration: fresh groups, all members from their group's start bar

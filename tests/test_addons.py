@@ -180,7 +180,7 @@ def _value_error_after(norm_values: bool, iterations: int = 6) -> float:
     target = 30 + 5 * obs.market[:, -1, 0]
     for i in range(iterations):
         b = _fake_rollout(model, obs, target)
-        batch = rule.targets(Iteration(b, None, i, 0.0, 1.0, 0.99), b.rewards)
+        batch = rule.targets(Iteration(b, None, i, 0.0), b.rewards)
         for _ in range(4):
             for idx in torch.randperm(256, generator=g).split(64):
                 loss, _ = rule.loss(model, batch.take(idx))
@@ -227,7 +227,7 @@ def _kl_to_ref_after(kl_coef: float, iterations: int = 8) -> tuple[float, list[f
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first_kl = []
     for i in range(iterations):
-        rule.begin(model, Iteration(None, None, i, 0.0, 1.0, 0.99))
+        rule.begin(model, Iteration(None, None, i, 0.0))
         obs, a, logp, adv = _grpo_batch(model, seed=i)
         with torch.no_grad():
             ref = rule.ref(obs)[0].log_prob(a)
@@ -261,9 +261,9 @@ def test_grpo_refreshes_its_reference_every_ref_every_iterations():
     model, rule = _grpo(0.04, ref_every=3)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    rule.begin(model, Iteration(None, None, 1, 0.0, 1.0, 0.99))  # not a refresh iteration
+    rule.begin(model, Iteration(None, None, 1, 0.0))  # not a refresh iteration
     assert not torch.equal(next(rule.ref.parameters()), next(model.parameters()))
-    rule.begin(model, Iteration(None, None, 3, 0.0, 1.0, 0.99))
+    rule.begin(model, Iteration(None, None, 3, 0.0))
     assert torch.equal(next(rule.ref.parameters()), next(model.parameters()))
 
 

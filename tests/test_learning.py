@@ -95,7 +95,7 @@ def _sparse_task(sil: bool, seed: int, iterations: int = 40, n: int = 256, tol: 
             dones=done, actions=row(a), logprobs=row(dist.log_prob(a)), market=obs.market[None],
             position=obs.position[None], flat_obs=lambda obs=obs: obs, member=None,
         )  # fmt: skip
-        it = Iteration(b, None, i, i / iterations, 1.0, 0.99)
+        it = Iteration(b, None, i, i / iterations)
         batch = rule.targets(it, b.rewards)
         for addon in addons:
             addon.observe(it, rule, batch, b.rewards)

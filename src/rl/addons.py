@@ -60,8 +60,6 @@ class Iteration:
     env: object  # the training env (final observations of the rollout's steps)
     iteration: int  # 0-based index of this iteration
     progress: float  # gradient steps taken / the budget, in [0, 1]
-    reward_scale: float
-    gamma: float
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
     raw_next_values: torch.Tensor | None = None  # (T, N) the critic's V(s_t+1) in return units, set by the rule
     _next_obs: Obs | None = None
