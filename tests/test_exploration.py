@@ -96,8 +96,12 @@ def test_sil_loss_imitates_only_better_than_expected_transitions():
 # ---- HER ----
 
 
-def test_her_relabel_carries_an_achieved_goal_and_the_reward_recomputed_for_it():
+def test_her_relabels_with_goals_the_window_met_and_recomputes_their_rewards():
+    # a 4-bar window of 4 bars a year: a goal is log1p(annual return); the training range is log growth
+    # 0.015-0.04, so the growth of 0.01 reached at t = 0 met no goal of it and 0.05 at t = 3 meets all of them
+    lo, hi = math.expm1(0.015), math.expm1(0.04)
     cfg = ReplayConfig(kind="her", her_k=64, her_horizon=4, goal_weight=0.5, capacity=64, batch_size=4)
+    cfg.goal_low, cfg.goal_high = lo, hi
     gamma, scale = 0.9, 100.0
     # one env, a window of 4 bars that ends at t = 3, then an open window (t = 4, 5)
     c_before = torch.tensor([0.0, 0.01, 0.03, 0.02, 0.0, -0.01])[:, None]
@@ -111,22 +115,27 @@ def test_her_relabel_carries_an_achieved_goal_and_the_reward_recomputed_for_it()
         "end": torch.tensor([False, False, False, True, False, False])[:, None],
     }
     returns = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5])[:, None]
-    complete, goals, feats, ret = relabel_future(rec, returns, cfg, gamma, scale, torch.Generator().manual_seed(1))
-    assert complete[:, 0].tolist() == [True, True, True, True, False, False]
+    stored, goals, feats, ret = relabel_future(rec, returns, cfg, gamma, scale, 4.0, torch.Generator().manual_seed(1))
+    assert not stored[:, 4:].any()  # the open window is not relabelled
+    assert 0.6 < float(stored[:, 0].float().mean()) < 0.9  # t' = 0 (growth 0.01) meets no goal: ~1/4 dropped
+    assert bool(stored[:, 1:4].all())
     for t in range(4):
         achieved = c_after[t:4, 0]
         for k in range(cfg.her_k):
-            gk = goals[k, t, 0]
-            assert bool((achieved == gk).any())  # a goal reached at or after t in the same window
+            if not stored[k, t, 0]:
+                continue
+            gk = float(goals[k, t, 0])
+            assert 0.015 - 1e-6 <= gk <= 0.04 + 1e-6  # a goal of the training range ...
+            assert bool((achieved >= gk).any())  # ... met at or after t in the same window
             expect = returns[t, 0] + sum(
                 gamma**d * cfg.goal_weight * float(c_after[t + d, 0] >= gk) for d in range(4 - t)
             )
             assert float(ret[k, t, 0]) == pytest.approx(float(expect))
             assert float(feats[k, t, 0, 0]) == pytest.approx(float((gk - c_before[t, 0]) * scale))
             assert float(feats[k, t, 0, 1]) == pytest.approx((4 - t) / 4)
-    # t = 0 relabelled with the growth achieved at t' = 1 (0.03): reached after steps 1 and 3
-    hit = (goals[:, 0, 0] == c_after[1, 0]).nonzero()[0, 0]
-    assert float(ret[hit, 0, 0]) == pytest.approx(5.0 + 0.5 * (0.9 + 0.9**3))
+    # relabels of t = 3 (growth 0.05 >= every goal of the range) spread over the whole range
+    top = goals[:, 3, 0]
+    assert float(top.min()) < 0.02 and float(top.max()) > 0.035
 
 
 def test_window_goal_is_the_annualised_log_growth_per_window():

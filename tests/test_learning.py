@@ -56,49 +56,46 @@ def test_ppo_learns_the_planted_signal_to_half_the_oracles_sharpe(tmp_path):
 TARGETS = torch.linspace(-0.9, 0.9, 12)
 
 
-def _sparse_task(sil: bool, seed: int, iterations: int = 40, n: int = 256, tol: float = 0.05) -> float:
-    """A sparse-reward task: 12 contexts (one-hot observations), each paying 1 only for a position within
-    ``tol`` of its own target in [-0.9, 0.9] (1.5-7.5% of the initial policy's draws), else 0; one-step
-    episodes. PPO alone, or with self-imitation from prioritized replay (the add-on as ``replay=prioritized``
-    builds it). Returns the trained policy's success rate on 16,384 fresh draws."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    model = mlp_actor_critic(3, 4, hidden=(32,), head_hidden=32)
+def _harness(addon, n: int, max_len: int = 1, seed: int = 0):
+    """Set up ``addon`` as the LightningModule would, for a one-step task with (4, 3) observations."""
+    module = SimpleNamespace(
+        market=SimpleNamespace(window=4, num_features=3, bars_per_year=1.0, device="cpu"),
+        device="cpu",
+        ppo=SimpleNamespace(gamma=0.99, rollout_steps=1, num_envs=n, reward_scale=100.0),
+        env=SimpleNamespace(max_len=max_len),
+        cfg=SimpleNamespace(seed=seed),
+        global_rank=0,
+    )
+    addon.setup(module)
+    return addon
+
+
+def _train_one_step(model, addons, iterations: int, n: int, g: torch.Generator, draw, outcome) -> None:
+    """PPO (plus ``addons``) on one-step episodes, as the LightningModule runs an iteration: rollout, rewards
+    (each add-on's hook), targets, observe, 4 epochs of 4 minibatches. ``draw(n) -> (ctx, obs)``;
+    ``outcome(ctx, obs, actions) -> (rewards, extra rollout fields)``."""
     rule = PPOConfig(num_envs=n, rollout_steps=1, num_minibatches=4, update_epochs=4).rule(model)
-    addons = []
-    if sil:
-        addon = SelfImitation(kind="prioritized", capacity=2048, batch_size=64)
-        module = SimpleNamespace(
-            market=SimpleNamespace(window=4, num_features=3),
-            device="cpu",
-            ppo=SimpleNamespace(gamma=0.99, rollout_steps=1),
-            env=SimpleNamespace(max_len=1),
-        )
-        addon.setup(module)
-        addons.append(addon)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
-
-    def contexts(k: int) -> tuple[torch.Tensor, Obs]:
-        ctx = torch.randint(0, 12, (k,), generator=g)
-        return ctx, Obs(F.one_hot(ctx, 12).float().view(k, 4, 3), torch.zeros(k, 1))
-
+    row = lambda x: x.reshape(1, n, *x.shape[1:])  # noqa: E731
+    done = torch.ones(1, n, dtype=torch.bool)
     for i in range(iterations):
-        ctx, obs = contexts(n)
+        ctx, obs = draw(n)
         with torch.no_grad():
             dist, v = model(obs)
             a = dist.sample()
-        r = ((a - TARGETS[ctx]).abs() < tol).float()
-        row = lambda x: x.reshape(1, n)  # noqa: E731
-        done = torch.ones(1, n, dtype=torch.bool)
+        r, extra = outcome(ctx, obs, a)
         b = SimpleNamespace(
             rewards=row(r), values=row(v), next_values=row(torch.zeros(n)), terminated=done, truncated=~done,
             dones=done, actions=row(a), logprobs=row(dist.log_prob(a)), market=obs.market[None],
-            position=obs.position[None], flat_obs=lambda obs=obs: obs, member=None,
+            position=obs.position[None], flat_obs=lambda obs=obs: obs, member=None, **extra,
         )  # fmt: skip
         it = Iteration(b, None, i, i / iterations)
-        batch = rule.targets(it, b.rewards)
+        rewards = b.rewards
         for addon in addons:
-            addon.observe(it, rule, batch, b.rewards)
+            rewards = addon.rewards(it, rewards)
+        batch = rule.targets(it, rewards)
+        for addon in addons:
+            addon.observe(it, rule, batch, rewards)
         for _ in range(4):
             for idx in torch.randperm(n, generator=g).split(n // 4):
                 mb = batch.take(idx)
@@ -111,7 +108,27 @@ def _sparse_task(sil: bool, seed: int, iterations: int = 40, n: int = 256, tol: 
                 opt.step()
                 for addon in addons:
                     addon.after_step()
-    ctx, obs = contexts(16384)
+
+
+def _sparse_task(sil: bool, seed: int, iterations: int = 40, n: int = 256, tol: float = 0.05) -> float:
+    """A sparse-reward task: 12 contexts (one-hot observations), each paying 1 only for a position within
+    ``tol`` of its own target in [-0.9, 0.9] (1.5-7.5% of the initial policy's draws), else 0; one-step
+    episodes. PPO alone, or with self-imitation from prioritized replay (the add-on as ``replay=prioritized``
+    builds it). Returns the trained policy's success rate on 16,384 fresh draws."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = mlp_actor_critic(3, 4, hidden=(32,), head_hidden=32)
+    addons = [_harness(SelfImitation(kind="prioritized", capacity=2048, batch_size=64), n)] if sil else []
+
+    def draw(k: int) -> tuple[torch.Tensor, Obs]:
+        ctx = torch.randint(0, 12, (k,), generator=g)
+        return ctx, Obs(F.one_hot(ctx, 12).float().view(k, 4, 3), torch.zeros(k, 1))
+
+    def outcome(ctx, obs, a):
+        return ((a - TARGETS[ctx]).abs() < tol).float(), {}
+
+    _train_one_step(model, addons, iterations, n, g, draw, outcome)
+    ctx, obs = draw(16384)
     with torch.no_grad():
         return float(((model(obs)[0].sample() - TARGETS[ctx]).abs() < tol).float().mean())
 
@@ -123,3 +140,48 @@ def test_self_imitation_learns_a_sparse_reward_task_faster_than_plain_ppo():
     sil = [_sparse_task(True, s) for s in (0, 1)]
     assert all(s > p for s, p in zip(sil, ppo, strict=True)), (ppo, sil)
     assert sum(sil) / 2 > sum(ppo) / 2 + 0.006, (ppo, sil)
+
+
+def _goal_task(her_k: int, seed: int, iterations: int = 30, n: int = 256) -> float:
+    """A goal task: 12 contexts (one-hot), each with a hidden direction s = +-1; a position a grows equity by
+    0.01 a s in one step (a one-bar goal window, one bar a year so goals are in plain growth). The goal is to
+    grow at least g, drawn as ``replay=her`` draws it (annual 0.5%-0.95%, i.e. 0.5-0.95 of the most a step
+    can give); the only reward is HER's goal reward. Self-imitation of goal-conditioned transitions, with
+    ``her_k`` relabels each or none (``her_k=0``). Returns the success rate on 16,384 fresh (context, goal)."""
+    from src.rl.her import Hindsight, goal_features, window_goal
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.tensor([1.0, -1.0]).repeat(6)[torch.randperm(12, generator=g)]
+    model = mlp_actor_critic(3, 4, hidden=(32,), head_hidden=32, goal_dim=2)
+    her = Hindsight(kind="her", capacity=4096, batch_size=64, her_k=her_k, her_horizon=1)
+    her.cfg.goal_low, her.cfg.goal_high = 0.005, 0.0095
+    _harness(her, n, seed=seed)
+    zero = torch.zeros(n, dtype=torch.long)
+
+    def draw(k: int) -> tuple[torch.Tensor, Obs]:
+        ctx = torch.randint(0, 12, (k,), generator=g)
+        goal = window_goal(0.005 + 0.0045 * torch.rand(k, generator=g), 1, 1.0)
+        feats = goal_features(goal, torch.zeros(k), torch.zeros(k, dtype=torch.long), 1, 100.0)
+        return ctx, Obs(F.one_hot(ctx, 12).float().view(k, 4, 3), torch.zeros(k, 1), feats)
+
+    def outcome(ctx, obs, a):
+        c, goal = 0.01 * a * sign[ctx], obs.goal[:, 0] / 100.0
+        rec = {"c_before": torch.zeros(n), "c_after": c, "goal": goal, "j": zero, "end": torch.ones(n, dtype=bool)}
+        rec["goal_reward"] = (c >= goal).float()
+        return torch.zeros(n), {"goal": obs.goal[None], "her": {k: v[None] for k, v in rec.items()}}
+
+    _train_one_step(model, [her], iterations, n, g, draw, outcome)
+    ctx, obs = draw(16384)
+    with torch.no_grad():
+        return float((0.01 * model(obs)[0].sample() * sign[ctx] >= obs.goal[:, 0] / 100.0).float().mean())
+
+
+def test_hindsight_relabelling_reaches_goals_more_often_than_no_relabelling():
+    """At the same budget (30 iterations) relabelling reaches more goals on both seeds: measured on 6 seeds,
+    0.357 against 0.189 without relabels (6 of 6 higher); a success rate's standard error here is 0.004.
+    Relabelling with exactly the growth achieved (the "future" rule for goals to *reach*) gave 0.117."""
+    plain = [_goal_task(0, s) for s in (0, 1)]
+    her = [_goal_task(4, s) for s in (0, 1)]
+    assert all(h > p for h, p in zip(her, plain, strict=True)), (plain, her)
+    assert sum(her) / 2 > sum(plain) / 2 + 0.08, (plain, her)

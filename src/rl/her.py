@@ -10,10 +10,16 @@ the target), added to the extrinsic reward. The policy and critic see the goal
 as two extra inputs: the growth still missing ``(g - c) * reward_scale`` and
 the fraction of the window left.
 
-Relabelling ("future" strategy, ``her_k`` per transition): after a rollout,
-every transition whose window ended inside it is stored again ``her_k`` times
-with goals ``g' = c_t'+1`` actually achieved at a uniformly drawn step
-``t' >= t`` of the same window. The goal rewards from t to the window's end are
+Relabelling (the "future" strategy, ``her_k`` per transition, adapted to "at least" goals): after a
+rollout, every transition whose window ended inside it is stored again ``her_k`` times, each with a goal
+``g'`` that the window *met*: draw a step ``t' >= t`` of the same window uniformly, then ``g'`` from the
+training goals' distribution restricted to the goals the growth ``c_t'+1`` reached (annual return uniform in
+``[goal_low, min(annual(c_t'+1), goal_high)]``). Where ``c_t'+1`` reached no goal of that range the relabel
+is not stored. Andrychowicz et al. relabel with the achieved goal itself because their goals are states to
+*reach*; for a goal of "at least g" that is the one goal the action only just met, and self-imitation of
+such relabels clones the behaviour policy's own actions (on the goal task of ``tests/test_learning.py``
+that rule reached 0.117 of the goals after 30 iterations, against 0.189 without relabelling and 0.357
+with this one). The goal rewards from t to the window's end are
 recomputed for ``g'``; the return beyond the window does not depend on the goal
 (a new window draws a new one), so the relabelled return is the original one
 plus the discounted change in goal rewards. As for self-imitation (:mod:`src.rl.sil`), a
@@ -119,17 +125,19 @@ def relabel_future(
     cfg: ReplayConfig,
     gamma: float,
     reward_scale: float,
+    bars_per_year: float,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """HER "future" relabels of a (T, N) rollout.
+    """HER "future" relabels of a (T, N) rollout, for "at least g" goals (see the module docstring).
 
     Args:
         rec: stacked :meth:`GoalTracker.step` records, each (T, N).
         returns: (T, N) returns of the original transitions (goal rewards included).
 
     Returns:
-        ``complete`` (T, N) bool: the window ended inside the rollout (only these are stored);
-        ``goals`` (K, T, N): the relabelled goals; ``features`` (K, T, N, 2); ``returns`` (K, T, N).
+        ``stored`` (K, T, N) bool: the relabel is kept (its window ended inside the rollout and the growth
+        achieved at t' met a goal of the training range); ``goals`` (K, T, N): the relabelled goals;
+        ``features`` (K, T, N, 2); ``returns`` (K, T, N).
     """
     c_after, end, g, k, w = rec["c_after"], rec["end"], rec["goal"], cfg.her_horizon, cfg.goal_weight
     t_len, n = end.shape
@@ -142,9 +150,13 @@ def relabel_future(
         complete[t] = end[t] | nxt_complete
         nxt_to_end, nxt_complete = to_end[t], complete[t]
     time = torch.arange(t_len, device=end.device)[:, None].expand(t_len, n)
-    u = torch.rand(cfg.her_k, t_len, n, device=end.device, generator=generator)
-    future = (time + (u * (to_end + 1)).floor().long()).clamp(max=t_len - 1)  # t' in [t, window end]
-    goals = torch.gather(c_after.expand(cfg.her_k, t_len, n), 1, future)  # achieved at t'
+    u = torch.rand(2, cfg.her_k, t_len, n, device=end.device, generator=generator)
+    future = (time + (u[0] * (to_end + 1)).floor().long()).clamp(max=t_len - 1)  # t' in [t, window end]
+    achieved = torch.gather(c_after.expand(cfg.her_k, t_len, n), 1, future)  # at t'
+    # a goal of the training range that the growth at t' met: annual return in [low, min(achieved, high)]
+    top = torch.expm1(achieved * bars_per_year / k).clamp(max=cfg.goal_high)
+    goals = window_goal(cfg.goal_low + u[1] * (top - cfg.goal_low), k, bars_per_year).to(c_after.device)
+    stored = complete & (top >= cfg.goal_low)
     delta = torch.zeros_like(goals)
     for d in range(k):  # goal rewards from t to the window's end, recomputed for g'
         s = (time + d).clamp(max=t_len - 1)
@@ -153,7 +165,7 @@ def relabel_future(
         change = (c_s >= goals).to(goals.dtype) - (c_s >= g).to(goals.dtype)
         delta += torch.where(valid, gamma**d * w * change, torch.zeros_like(change))
     feats = goal_features(goals, rec["c_before"].expand_as(goals), rec["j"].expand_as(goals), k, reward_scale)
-    return complete, goals, feats, returns + delta
+    return stored, goals, feats, returns + delta
 
 
 class Hindsight(SelfImitation):
@@ -177,7 +189,7 @@ class Hindsight(SelfImitation):
         gen = torch.Generator(device=module.device)
         gen.manual_seed(int(module.cfg.seed) * 1000 + 500 + module.global_rank)
         self.goals = GoalTracker(self.cfg, p.num_envs, m.bars_per_year, p.reward_scale, module.device, gen)
-        self.gamma, self.scale = p.gamma, p.reward_scale
+        self.gamma, self.scale, self.bpy = p.gamma, p.reward_scale, m.bars_per_year
 
     def tracker(self) -> GoalTracker:
         return self.goals
@@ -194,18 +206,19 @@ class Hindsight(SelfImitation):
         fields.update({f"her_{n}": v for n, v in b.her.items()}, truncated=b.truncated)
         span, ret, ready = self.episodes.push(fields, rewards, b.terminated, b.truncated, it.raw_next_values)
         rec = {n[4:]: v for n, v in span.items() if n.startswith("her_")}
-        _, _, feats, ret_k = relabel_future(rec, ret, self.cfg, self.gamma, self.scale)
+        stored, _, feats, ret_k = relabel_future(rec, ret, self.cfg, self.gamma, self.scale, self.bpy, self.goals.gen)
         keep = ready.nonzero(as_tuple=True)
-        relabel = (ready & ~_cut_windows(rec, span["truncated"], self.cfg.her_horizon)).nonzero(as_tuple=True)
+        whole = ready & ~_cut_windows(rec, span["truncated"], self.cfg.her_horizon)
+        relabel = [(whole & stored[i]).nonzero(as_tuple=True) for i in range(k)]
         m, pos, a = span["market"], span["position"], span["actions"]
-        cat = lambda x, rx: torch.cat([x[keep], *(rx(i)[relabel] for i in range(k))])  # noqa: E731
+        cat = lambda x, rx: torch.cat([x[keep], *(rx(i)[relabel[i]] for i in range(k))])  # noqa: E731
         goal = cat(span["goal_features"], lambda i: feats[i])
         returns = cat(ret, lambda i: ret_k[i])
         obs = Obs(cat(m, lambda i: m), cat(pos, lambda i: pos), goal)
         self.buffer.add(obs, cat(a, lambda i: a), returns)
         it.logs["her/stored"] = torch.tensor(float(returns.numel()))
-        if k and relabel[0].numel():
-            gain = torch.stack([ret_k[i][relabel] - ret[relabel] for i in range(k)])
+        gain = torch.cat([ret_k[i][relabel[i]] - ret[relabel[i]] for i in range(k)]) if k else ret[:0]
+        if gain.numel():
             it.logs["her/relabel_return_gain"] = gain.mean()
         self._log(it, ready)
 
