@@ -256,8 +256,7 @@ def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: flo
     """The smallest true difference in means that a two-sided two-sample t-test on ``n`` runs per arm (equal
     spread ``sd``) detects at level ``alpha`` with probability ``power``: the exact noncentral-t solution,
     delta = ncp * sd * sqrt(2 / n) with P(|T'(df = 2n - 2, ncp)| > t_crit) = power. What an experiment of n seeds
-    per variant could have told apart, stated beside its table (Welch's test, which ``experiments/compare.py``
-    uses, has about this power when the spreads are equal)."""
+    per variant could have told apart, stated beside its table (``experiments/compare.py`` runs this test)."""
     from scipy.optimize import brentq
     from scipy.stats import nct
     from scipy.stats import t as student
