@@ -97,16 +97,17 @@ def test_sil_loss_imitates_only_better_than_expected_transitions():
 
 
 def test_her_relabels_with_goals_the_window_met_and_recomputes_their_rewards():
-    # a 4-bar window of 4 bars a year: a goal is log1p(annual return); the training range is log growth
-    # 0.015-0.04, so the growth of 0.01 reached at t = 0 met no goal of it and 0.05 at t = 3 meets all of them
-    lo, hi = math.expm1(0.015), math.expm1(0.04)
+    # a 4-bar window of daily bars: the training range, in log growth over the window, is 0.015-0.04, so the
+    # growth of 0.01 reached at t = 0 met no goal of it and 0.05 at t = 3 meets all of them
+    bpy = 252.0
+    lo, hi = math.expm1(0.015 * bpy / 4), math.expm1(0.04 * bpy / 4)
     cfg = ReplayConfig(kind="her", her_k=64, her_horizon=4, goal_weight=0.5, capacity=64, batch_size=4)
     cfg.goal_low, cfg.goal_high = lo, hi
     gamma, scale = 0.9, 100.0
     # one env, a window of 4 bars that ends at t = 3, then an open window (t = 4, 5)
     c_before = torch.tensor([0.0, 0.01, 0.03, 0.02, 0.0, -0.01])[:, None]
     c_after = torch.tensor([0.01, 0.03, 0.02, 0.05, -0.01, 0.02])[:, None]
-    g = torch.full((6, 1), 0.10)  # never reached: every original goal reward is 0
+    g = torch.full((6, 1), 0.02)  # the original goal: met after steps 1, 2 and 3, whose rewards a relabel may lose
     rec = {
         "c_before": c_before,
         "c_after": c_after,
@@ -115,7 +116,7 @@ def test_her_relabels_with_goals_the_window_met_and_recomputes_their_rewards():
         "end": torch.tensor([False, False, False, True, False, False])[:, None],
     }
     returns = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5])[:, None]
-    stored, goals, feats, ret = relabel_future(rec, returns, cfg, gamma, scale, 4.0, torch.Generator().manual_seed(1))
+    stored, goals, feats, ret = relabel_future(rec, returns, cfg, gamma, scale, bpy, torch.Generator().manual_seed(1))
     assert not stored[:, 4:].any()  # the open window is not relabelled
     assert 0.6 < float(stored[:, 0].float().mean()) < 0.9  # t' = 0 (growth 0.01) meets no goal: ~1/4 dropped
     assert bool(stored[:, 1:4].all())
@@ -127,15 +128,15 @@ def test_her_relabels_with_goals_the_window_met_and_recomputes_their_rewards():
             gk = float(goals[k, t, 0])
             assert 0.015 - 1e-6 <= gk <= 0.04 + 1e-6  # a goal of the training range ...
             assert bool((achieved >= gk).any())  # ... met at or after t in the same window
-            expect = returns[t, 0] + sum(
-                gamma**d * cfg.goal_weight * float(c_after[t + d, 0] >= gk) for d in range(4 - t)
-            )
-            assert float(ret[k, t, 0]) == pytest.approx(float(expect))
-            assert float(feats[k, t, 0, 0]) == pytest.approx(float((gk - c_before[t, 0]) * scale))
+            change = [float(c_after[t + d, 0] >= gk) - float(c_after[t + d, 0] >= 0.02) for d in range(4 - t)]
+            expect = returns[t, 0] + sum(gamma**d * cfg.goal_weight * x for d, x in enumerate(change))
+            assert float(ret[k, t, 0]) == pytest.approx(float(expect), abs=1e-6)
+            assert float(feats[k, t, 0, 0]) == pytest.approx(float((gk - c_before[t, 0]) * scale), abs=1e-4)
             assert float(feats[k, t, 0, 1]) == pytest.approx((4 - t) / 4)
     # relabels of t = 3 (growth 0.05 >= every goal of the range) spread over the whole range
     top = goals[:, 3, 0]
     assert float(top.min()) < 0.02 and float(top.max()) > 0.035
+    assert bool((stored & (ret < returns - 1e-3)).any())  # some relabels lose the original goal's rewards
 
 
 def test_window_goal_is_the_annualised_log_growth_per_window():
@@ -284,7 +285,8 @@ def test_add_on_state_survives_a_kill_and_resume(tmp_path, extra):
         assert replay["size"] > 0 and float(replay["tree"].sum()) > 0
         assert any(k.startswith("curiosity.predictor") for k in ckpt["state_dict"])
     elif "replay=her" in extra:
-        assert saved["addons"]["Hindsight"]["replay"]["size"] > 0 and "goals" in saved["addons"]["Hindsight"]
+        her = saved["addons"]["Hindsight"]
+        assert her["replay"]["size"] > 0 and "goals" in her and "relabel_generator" in her
     elif "ensemble=three" in extra:
         assert "members" in saved["addons"]["Diversity"]
     else:  # GRPO: the frozen reference travels with the weights

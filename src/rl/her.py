@@ -15,14 +15,13 @@ rollout, every transition whose window ended inside it is stored again ``her_k``
 ``g'`` that the window *met*: draw a step ``t' >= t`` of the same window uniformly, then ``g'`` from the
 training goals' distribution restricted to the goals the growth ``c_t'+1`` reached (annual return uniform in
 ``[goal_low, min(annual(c_t'+1), goal_high)]``). Where ``c_t'+1`` reached no goal of that range the relabel
-is not stored. Andrychowicz et al. relabel with the achieved goal itself because their goals are states to
-*reach*; for a goal of "at least g" that is the one goal the action only just met, and self-imitation of
-such relabels clones the behaviour policy's own actions (on the goal task of ``tests/test_learning.py``
-that rule reached 0.117 of the goals after 30 iterations, against 0.189 without relabelling and 0.357
-with this one). The goal rewards from t to the window's end are
-recomputed for ``g'``; the return beyond the window does not depend on the goal
-(a new window draws a new one), so the relabelled return is the original one
-plus the discounted change in goal rewards. As for self-imitation (:mod:`src.rl.sil`), a
+is not stored. Andrychowicz et al. relabel with the achieved goal itself; here that put most copies on goals
+outside the trained range, and self-imitation of them dragged the policy back to its behaviour (on the goal
+task of ``tests/test_learning.py``, after 30 iterations: 0.117 of the goals reached, against 0.189 without
+relabels; the achieved goal kept only inside the range 0.367, this rule 0.354). The goal rewards from t
+to the window's end are recomputed for ``g'``; the return beyond the window does not depend on the goal
+(a new window draws a new one), so the relabelled return is the original one plus the discounted change
+in goal rewards. As for self-imitation (:mod:`src.rl.sil`), a
 transition is stored once its episode has ended, with its Monte-Carlo return.
 
 A step that ends an episode by the length limit is bootstrapped with the value of the state
@@ -156,6 +155,7 @@ def relabel_future(
     # a goal of the training range that the growth at t' met: annual return in [low, min(achieved, high)]
     top = torch.expm1(achieved * bars_per_year / k).clamp(max=cfg.goal_high)
     goals = window_goal(cfg.goal_low + u[1] * (top - cfg.goal_low), k, bars_per_year).to(c_after.device)
+    goals = torch.minimum(goals, achieved)  # met, also after the round trip through annual returns
     stored = complete & (top >= cfg.goal_low)
     delta = torch.zeros_like(goals)
     for d in range(k):  # goal rewards from t to the window's end, recomputed for g'
@@ -189,6 +189,8 @@ class Hindsight(SelfImitation):
         gen = torch.Generator(device=module.device)
         gen.manual_seed(int(module.cfg.seed) * 1000 + 500 + module.global_rank)
         self.goals = GoalTracker(self.cfg, p.num_envs, m.bars_per_year, p.reward_scale, module.device, gen)
+        self.relabel_gen = torch.Generator(device=module.device)  # its own: her_k must not change the goals drawn
+        self.relabel_gen.manual_seed(int(module.cfg.seed) * 1000 + 600 + module.global_rank)
         self.gamma, self.scale, self.bpy = p.gamma, p.reward_scale, m.bars_per_year
 
     def tracker(self) -> GoalTracker:
@@ -206,7 +208,7 @@ class Hindsight(SelfImitation):
         fields.update({f"her_{n}": v for n, v in b.her.items()}, truncated=b.truncated)
         span, ret, ready = self.episodes.push(fields, rewards, b.terminated, b.truncated, it.raw_next_values)
         rec = {n[4:]: v for n, v in span.items() if n.startswith("her_")}
-        stored, _, feats, ret_k = relabel_future(rec, ret, self.cfg, self.gamma, self.scale, self.bpy, self.goals.gen)
+        stored, _, feats, ret_k = relabel_future(rec, ret, self.cfg, self.gamma, self.scale, self.bpy, self.relabel_gen)
         keep = ready.nonzero(as_tuple=True)
         whole = ready & ~_cut_windows(rec, span["truncated"], self.cfg.her_horizon)
         relabel = [(whole & stored[i]).nonzero(as_tuple=True) for i in range(k)]
@@ -223,13 +225,16 @@ class Hindsight(SelfImitation):
         self._log(it, ready)
 
     def extra_state(self) -> dict:
-        return {**super().extra_state(), "goals": {**self.goals.state_dict(), "generator": self.goals.gen.get_state()}}
+        goals = {**self.goals.state_dict(), "generator": self.goals.gen.get_state()}
+        return {**super().extra_state(), "goals": goals, "relabel_generator": self.relabel_gen.get_state()}
 
     def load_extra_state(self, state: dict) -> None:
         super().load_extra_state(state)
         if "goals" in state:
             self.goals.load_state_dict(state["goals"])
             self.goals.gen.set_state(state["goals"]["generator"])
+        if "relabel_generator" in state:
+            self.relabel_gen.set_state(state["relabel_generator"])
 
 
 def _cut_windows(rec: dict[str, torch.Tensor], truncated: torch.Tensor, horizon: int) -> torch.Tensor:
