@@ -101,8 +101,9 @@ def test_her_relabels_with_goals_the_window_met_and_recomputes_their_rewards():
     # growth of 0.01 reached at t = 0 met no goal of it and 0.05 at t = 3 meets all of them
     bpy = 252.0
     lo, hi = math.expm1(0.015 * bpy / 4), math.expm1(0.04 * bpy / 4)
-    cfg = ReplayConfig(kind="her", her_k=64, her_horizon=4, goal_weight=0.5, capacity=64, batch_size=4)
-    cfg.goal_low, cfg.goal_high = lo, hi
+    cfg = ReplayConfig(
+        kind="her", her_k=64, her_horizon=4, goal_weight=0.5, capacity=64, batch_size=4, goal_low=lo, goal_high=hi
+    )
     gamma, scale = 0.9, 100.0
     # one env, a window of 4 bars that ends at t = 3, then an open window (t = 4, 5)
     c_before = torch.tensor([0.0, 0.01, 0.03, 0.02, 0.0, -0.01])[:, None]

@@ -56,13 +56,13 @@ def test_ppo_learns_the_planted_signal_to_half_the_oracles_sharpe(tmp_path):
 TARGETS = torch.linspace(-0.9, 0.9, 12)
 
 
-def _harness(addon, n: int, max_len: int = 1, seed: int = 0):
+def _harness(addon, n: int, seed: int = 0):
     """Set up ``addon`` as the LightningModule would, for a one-step task with (4, 3) observations."""
     module = SimpleNamespace(
         market=SimpleNamespace(window=4, num_features=3, bars_per_year=1.0, device="cpu"),
         device="cpu",
         ppo=SimpleNamespace(gamma=0.99, rollout_steps=1, num_envs=n, reward_scale=100.0),
-        env=SimpleNamespace(max_len=max_len),
+        env=SimpleNamespace(max_len=1),
         cfg=SimpleNamespace(seed=seed),
         global_rank=0,
     )
@@ -154,8 +154,9 @@ def _goal_task(her_k: int, seed: int, iterations: int = 30, n: int = 256) -> flo
     g = torch.Generator().manual_seed(seed)
     sign = torch.tensor([1.0, -1.0]).repeat(6)[torch.randperm(12, generator=g)]
     model = mlp_actor_critic(3, 4, hidden=(32,), head_hidden=32, goal_dim=2)
-    her = Hindsight(kind="her", capacity=4096, batch_size=64, her_k=her_k, her_horizon=1)
-    her.cfg.goal_low, her.cfg.goal_high = 0.005, 0.0095
+    her = Hindsight(
+        kind="her", capacity=4096, batch_size=64, her_k=her_k, her_horizon=1, goal_low=0.005, goal_high=0.0095
+    )
     _harness(her, n, seed=seed)
     zero = torch.zeros(n, dtype=torch.long)
 
