@@ -118,6 +118,11 @@ def check_run(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
     if choices:
         check_types(cfg, choices)
     number(cfg.get("seed", 0), "seed", integer=True, low=0)
+    number(cfg.get("population", 1), "population", integer=True, low=1)
+    if int(cfg.get("population", 1) or 1) > 1:
+        from src.lit_population import check_population
+
+        check_population(cfg)
     number(cfg.get("lr_scale", 1.0), "lr_scale", **_POSITIVE)
     if cfg.get("threads") is not None:
         number(cfg.threads, "threads", integer=True, low=1)

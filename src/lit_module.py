@@ -105,7 +105,7 @@ class PPOModule(EvaluationHooks, CheckpointHooks, StepHooks, L.LightningModule):
         ens: EnsembleConfig = build(self.cfg.ensemble) if self.cfg.get("ensemble") else EnsembleConfig()
         if goal_dim and ens.size > 1:
             raise ConfigError("replay=her with an ensemble is not supported: use one goal-conditioned model")
-        self.model, ens_addons = ens.build(lambda: build(self.cfg.model, **shape))
+        self.model, ens_addons = self._build_policy(ens, shape)
         self.rule = self.ppo.rule(self.model)
         self.grpo = self.rule.grouped_episodes
         if self.grpo and ens.size > 1:
@@ -147,6 +147,10 @@ class PPOModule(EvaluationHooks, CheckpointHooks, StepHooks, L.LightningModule):
         # ... and the behaviour policy's step in the rollout (an ensemble's batched members stay eager)
         plain = compiled and not ens_addons
         self._act = compile_static(partial(act, self.model)) if plain else None
+
+    def _build_policy(self, ens: EnsembleConfig, shape: dict) -> tuple[nn.Module, list[AddOn]]:
+        """The trained policy and its add-ons (a population overrides this: :mod:`src.lit_population`)."""
+        return ens.build(lambda: build(self.cfg.model, **shape))
 
     # ---- data: the env is the data source; loaders only tick the loops ----
     # (own generators: creating an iterator must not draw from the global RNG, or resumed runs would diverge)
@@ -235,7 +239,7 @@ class PPOModule(EvaluationHooks, CheckpointHooks, StepHooks, L.LightningModule):
         self.model.train()
         b = self.buf
         self.last_train_returns = b.net_return  # per-bar net returns of this rollout (the curriculum's Sharpe)
-        self.env_steps += p.batch_size
+        self.env_steps += self.buf.actions.numel()  # p.batch_size, times the members of a population
         self.iterations += 1
         ep_log = self._episode_log_returns(b)
         fault = first_nonfinite(

@@ -202,6 +202,11 @@ def member_section(results: dict[str, dict[str, EvalResult]]) -> list[str]:
     ]
 
 
+def report_head(title: str, command: str) -> list[str]:
+    """A report's first lines: its title and the command that produced it."""
+    return [f"# {title}", "", "Command:", "", "```", command, "```", ""]
+
+
 def write_run_outputs(
     run_dir: Path,
     results: dict[str, dict[str, EvalResult]],
@@ -236,14 +241,7 @@ def write_run_outputs(
     plt.close(fig)
     os.replace(tmp, run_dir / "equity.png")
     lines = [
-        f"# {title}",
-        "",
-        "Command:",
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *report_head(title, command),
         table,
         "",
         "Costs are charged on every trade; buy-and-hold and flat run through the same env, costs, financing and "

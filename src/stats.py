@@ -14,6 +14,8 @@ for tests and intervals, by simulation under a null (``tests/test_significance.p
   number of *effective* trials when candidates come in correlated groups (the checkpoints of a run).
 - :func:`bootstrap_sharpe`: a circular block bootstrap interval (Politis & Romano 1992) with the block
   length of Politis & White (2004, corrected by Patton, Politis & White 2009), never under a day of bars.
+- :func:`mean_interval`: the Student-t interval of a mean over independent runs (a population's members).
+- :func:`holm`: Holm's (1979) step-down adjusted p-values, valid under any dependence between the tests.
 """
 
 from __future__ import annotations
@@ -271,3 +273,36 @@ def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: flo
         return float(upper + lower) - power
 
     return float(brentq(shortfall, 0.0, 50.0) * sd * math.sqrt(2.0 / n))
+
+
+def mean_interval(x: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """Mean, sample std and the two-sided Student-t ``level`` interval of the mean of independent values
+    (NaN values dropped; the interval is NaN below two values)."""
+    from scipy.stats import t as student
+
+    v = np.asarray([a for a in x if not math.isnan(a)], dtype=np.float64)
+    n = len(v)
+    if n == 0:
+        return {"n": 0, "mean": float("nan"), "std": float("nan"), "low": float("nan"), "high": float("nan")}
+    mean = float(v.mean())
+    if n < 2:
+        return {"n": 1, "mean": mean, "std": float("nan"), "low": float("nan"), "high": float("nan")}
+    sd = float(v.std(ddof=1))
+    half = float(student.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": sd, "low": mean - half, "high": mean + half}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values: reject hypothesis i at family-wise level a when its adjusted p <= a.
+    The i-th smallest p is multiplied by (m - i + 1), then running maxima keep the order; capped at 1. NaN stays
+    NaN and does not count as a test."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(len(p), np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[j]))
+        out[j] = running
+    return out.tolist()

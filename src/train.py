@@ -34,6 +34,8 @@ from src.checkpoint import AtomicCheckpointIO
 from src.config_check import check_run, hydra_choices
 from src.errors import ConfigError, TradelabError
 from src.lit_module import PPOModule
+from src.lit_population import PopulationModule
+from src.population_report import write_population_outputs
 from src.profit_target import ProfitTarget
 from src.reporting import atomic_write, json_safe, write_run_outputs
 from src.utils import build, command_line, count_parameters, git_revision, one_line_errors
@@ -190,7 +192,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     market = build(cfg.env)
     job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("hydra", "resume")])
     resolved = OmegaConf.to_container(job_cfg, resolve=True)
-    module = PPOModule(resolved, market)
+    population = int(cfg.get("population", 1) or 1)
+    module = (PopulationModule if population > 1 else PPOModule)(resolved, market)
     info = {
         "command": command_line(),
         "git_revision": git_revision(),
@@ -242,6 +245,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     grad_steps, faults = trainer.global_step, module.faults["total"]
     val_sharpes = [float(r["sharpe"]) for r in module.val_history]
 
+    if population > 1:
+        return _finish_population(module, trainer, info, run_dir, market, started, env_steps, grad_steps, faults)
     reporting = [cb for cb in callbacks if hasattr(cb, "report_key")]
     reports = json_safe({cb.report_key: cb.summary() for cb in reporting})
     sections = {cb.report_key: cb.report_section() for cb in reporting}
@@ -274,6 +279,28 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     table = write_run_outputs(run_dir, results, info["command"], info, title, judged, sections)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)
     return float(results["val"]["agent"].metrics["sharpe"])
+
+
+def _finish_population(module, trainer, info, run_dir, market, started, env_steps, grad_steps, faults) -> float:
+    """A population's test and reports: every member with its own selected weights (:mod:`src.population_report`)."""
+    if bool((module.model.best_step < 0).any()):  # the budget ended before the first validation: validate now
+        trainer.validate(module, verbose=False)
+    per = module.test_members()
+    sel = [float(r["val"]["agent"].metrics["sharpe"]) for r in per]
+    if not _rank_zero():
+        return sum(sel) / len(sel)
+    info.update({"population": len(per), "seeds": module.seeds, "env_steps": env_steps, "gradient_steps": grad_steps,
+                 "numerical_faults": faults, "wall_seconds": round(time.time() - started, 1)})  # fmt: skip
+    atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
+    title = (
+        f"{market.name}: a population of {len(per)} agents vs buy-and-hold (each selected on validation, tested once)"
+    )
+    steps, history = module.model.best_step.tolist(), module.member_val_history
+    text = write_population_outputs(
+        run_dir, per, module.seeds, steps, history, info, market.bars_per_year, market.bars_per_day, title
+    )
+    print(f"\n{title}\n\n{text}\n\nrun directory: {run_dir}\n", flush=True)
+    return sum(sel) / len(sel)
 
 
 def with_sweep_overrides(argv: list[str]) -> list[str]:

@@ -23,9 +23,10 @@ FUSED_ADAMW = True
 def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
     """Two groups: decayed matrices, and undecayed biases / norm gains (nanoGPT's rule)."""
     params = [p for p in params if p.requires_grad]
+    dim = lambda p: getattr(p, "member_ndim", p.dim())  # noqa: E731  (a population's stacks: a member's ndim)
     return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if dim(p) >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if dim(p) < 2], "weight_decay": 0.0},
     ]
 
 
@@ -68,7 +69,10 @@ def muon(
     mats, rest = hidden_matrices(model)
     if not mats:
         raise ConfigError("optimizer=muon needs hidden weight matrices; this model has none (use adamw)")
-    inner = torch.optim.Muon(
+    stacked = any(hasattr(p, "member_ndim") for p in mats)  # a population: every member's matrix on its own
+    if stacked:
+        from src.optim.batched_muon import BatchedMuon
+    inner = (BatchedMuon if stacked else torch.optim.Muon)(
         mats,
         lr=lr,
         momentum=momentum,

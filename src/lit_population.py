@@ -1,0 +1,248 @@
+"""``population=K``: the LightningModule that trains K independent PPO agents as one batched model.
+
+:class:`PopulationModule` is :class:`src.lit_module.PPOModule` with the member dimension added where the run's
+state is per agent (:mod:`src.population` has the design): the policy (stacked weights), the env (each member's
+own episodes), the rule (:class:`PopulationPPO`: each member's own value normalisation, advantages and
+minibatches), the gradient step (each member's own loss, clipped by its own norm) and the selection (each
+member's own best validation Sharpe). Iterations, validations and the learning-rate schedule are shared: they
+are the same for every member's own run.
+
+Supported: ``algo=ppo`` with ``optimizer=adamw|sgd|muon``, any model, env, scheduler and callbacks; the add-ons
+(curiosity, replay, augmentation, curriculum, ensembles, the profitability target), ``algo.target_kl``,
+``compile=true`` and DDP are refused with the reason. A numerical fault in any member skips that gradient step
+for all (a fault is a bug to fix, not a regime to train through).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import vmap
+
+from src.envs.market_env import Obs
+from src.errors import ConfigError
+from src.evaluation import EvalResult, evaluate_split
+from src.lit_module import PPOModule
+from src.lit_step import first_nonfinite
+from src.models.ensemble import EnsembleConfig
+from src.optim.clip import clip_scale
+from src.population import MemberStreams, Population, PopulationEnv, PopulationPolicy, member_seeds
+from src.rl.addons import AddOn, Batch, Iteration
+from src.rl.gae import compute_gae
+from src.rl.ppo import PPO, PPOConfig, explained_variance
+from src.utils import build
+
+POPULATION_OPTIMIZERS = ("adamw", "sgd", "muon")
+
+
+def check_population(cfg) -> int:
+    """The population size; a configuration a population cannot train is refused, naming the key."""
+    k = int(cfg.get("population", 1) or 1)
+    if k < 1:
+        raise ConfigError(f"population must be >= 1, got {k}")
+    if k == 1:
+        return k
+    refuse = {
+        "algo": "ppo" if str(cfg["algo"]["_target_"]).endswith("PPOConfig") else "grpo",
+        "curiosity": cfg.get("curiosity"),
+        "replay": cfg.get("replay"),
+        "augmentation": cfg.get("augmentation"),
+        "curriculum": cfg.get("curriculum"),
+        "target": cfg.get("target"),
+    }
+    for key, v in refuse.items():
+        if (key == "algo" and v != "ppo") or (key != "algo" and v):
+            raise ConfigError(f"population={k} supports algo=ppo without add-ons for now; {key} is set ({key}=...)")
+    if int((cfg.get("ensemble") or {}).get("size", 1)) > 1:
+        raise ConfigError(f"population={k} with an ensemble is not supported (each member is one actor-critic)")
+    if cfg["algo"].get("target_kl") is not None:
+        raise ConfigError(f"population={k}: algo.target_kl stops every member's epochs together; set it to null")
+    if cfg.get("compile"):
+        raise ConfigError(f"population={k}: compile=true is not supported (the members already run batched)")
+    name = str(cfg["optimizer"]["_target_"]).rsplit(".", 1)[-1]
+    if name not in POPULATION_OPTIMIZERS:
+        raise ConfigError(f"population={k}: optimizer={name} is not supported; use one of {POPULATION_OPTIMIZERS}")
+    if str(cfg["trainer"].get("strategy", "auto")).startswith("ddp") or int(cfg["trainer"].get("devices", 1)) > 1:
+        raise ConfigError(f"population={k}: one process only (the members are the parallelism); use trainer=default")
+    return k
+
+
+@dataclass
+class PopulationBatch:
+    """One iteration's per-member data: every tensor is (K, T x n, ...), member k's rows in its own run's order."""
+
+    market: torch.Tensor
+    position: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return self.actions.shape[1]
+
+    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Member k's rows ``idx[k]`` of every tensor, as the positional arguments of the member loss."""
+
+        def rows(x):
+            return torch.stack([x[k].index_select(0, i) for k, i in enumerate(idx)])
+
+        return tuple(rows(x) for x in (self.market, self.position, self.actions, self.logprobs, self.values,
+                                       self.advantages, self.returns))  # fmt: skip
+
+
+class PopulationPPO(nn.Module):
+    """PPO's targets per member: one :class:`~src.rl.ppo.PPO` (its value statistics) per member, GAE on all."""
+
+    has_critic, grouped_episodes, fusable = True, False, False
+
+    def __init__(self, cfg: PPOConfig, size: int) -> None:
+        super().__init__()
+        self.cfg, self.size = cfg, size
+        self.rules = nn.ModuleList(PPO(cfg) for _ in range(size))
+
+    def begin(self, model: nn.Module, it: Iteration) -> None:
+        """Before the rollout (nothing for PPO)."""
+
+    def _per_member(self, x: torch.Tensor, fn) -> torch.Tensor:
+        t = x.shape[0]
+        parts = x.reshape(t, self.size, -1)
+        return torch.stack([fn(r, parts[:, k]) for k, r in enumerate(self.rules)], 1).reshape(x.shape)
+
+    def targets(self, it: Iteration, rewards: torch.Tensor) -> PopulationBatch:
+        b, p = it.rollout, self.cfg
+        values = self._per_member(b.values, lambda r, v: r.raw_values(v))
+        it.raw_next_values = self._per_member(b.next_values, lambda r, v: r.raw_values(v))
+        adv, ret = compute_gae(rewards, values, it.raw_next_values, b.terminated, b.dones, p.gamma, p.gae_lambda)
+        t, k = ret.shape[0], self.size
+        for j, r in enumerate(self.rules):  # each member's statistics from its own targets
+            if r.value_norm is not None:
+                r.value_norm.update(ret.reshape(t, k, -1)[:, j])
+        evs = [explained_variance(values.reshape(t, k, -1)[:, j].flatten(), ret.reshape(t, k, -1)[:, j].flatten())
+               for j in range(k)]  # fmt: skip
+        it.logs["losses/explained_variance"] = torch.tensor(evs).nanmean()
+        returns = self._per_member(ret, lambda r, x: r.critic_units(x))
+
+        def members(x: torch.Tensor) -> torch.Tensor:  # (T, K*n, ...) -> (K, T*n, ...)
+            y = x.reshape(t, k, -1, *x.shape[2:]).transpose(0, 1)
+            return y.reshape(k, -1, *x.shape[2:])
+
+        return PopulationBatch(members(b.market), members(b.position), members(b.actions), members(b.logprobs),
+                               members(b.values), members(adv), members(returns))  # fmt: skip
+
+
+class PopulationModule(PPOModule):
+    """See the module docstring. ``cfg.population`` members, seeds ``cfg.seed`` + 0 .. K - 1."""
+
+    def __init__(self, cfg: dict, market) -> None:
+        check_population(cfg)
+        super().__init__(cfg, market)
+        self.rule = PopulationPPO(self.ppo, self.model.size)
+        self.member_val_history: list[list[float]] = []
+
+    @property
+    def seeds(self) -> list[int]:
+        return member_seeds(int(self.cfg.seed), int(self.cfg.population))
+
+    def _build_policy(self, ens: EnsembleConfig, shape: dict) -> tuple[nn.Module, list[AddOn]]:
+        keep, members, states = torch.get_rng_state(), [], []
+        for s in self.seeds:  # each member as its own run builds it, and the stream its run continues with
+            torch.manual_seed(s)
+            members.append(build(self.cfg.model, **shape))
+            states.append(torch.get_rng_state())
+        torch.set_rng_state(keep)
+        return Population(members, MemberStreams(states, "cpu")), []
+
+    def setup(self, stage: str) -> None:
+        if self.device.type == "cuda" and self.model.streams.device.type != "cuda":  # sampling draws on the GPU
+            self.model.streams = MemberStreams.seeded(self.seeds, self.device)
+        super().setup(stage)
+
+    def _train_env(self, gen: torch.Generator) -> PopulationEnv:
+        gens = []
+        for s in self.seeds:  # each member's env generator, seeded as its own run seeds it
+            g = torch.Generator(device=self.device)
+            g.manual_seed(s * 1000 + self.global_rank)
+            gens.append(g)
+        return PopulationEnv(self.market, self.ppo.num_envs, gens, compile=bool(self.cfg.get("compile")))
+
+    # ---- the update ----
+    def _member_loss(self, params: dict, market, position, actions, logprobs, values, advantages, returns):
+        mb = Batch(Obs(market, position), actions, logprobs, values, advantages, returns)
+        return self.rule.rules[0].loss(self.model.template, mb, params)
+
+    def _update(self, batch: PopulationBatch, it: Iteration) -> dict[str, torch.Tensor]:
+        p, k = self.ppo, self.model.size
+        acc: dict[str, list[torch.Tensor]] = {}
+        for _ in range(p.update_epochs):
+            perms = torch.stack([self.model.streams.randperm(j, batch.size) for j in range(k)])
+            for idx in perms.split(p.minibatch_size, dim=1):
+                losses, terms = vmap(self._member_loss)(self.model.params(), *batch.take(idx))
+                fault = self._member_step(losses, terms)
+                if fault:
+                    return fault
+                for name, val in terms.items():
+                    acc.setdefault(name, []).append(val.detach())
+        return {name: torch.stack(v).mean() for name, v in acc.items()}  # means over steps and members
+
+    def _member_step(self, losses: torch.Tensor, terms: dict) -> dict | None:
+        """Backward of the members' summed losses (each member's gradient is its own loss's), each member's
+        gradients clipped by its own norm, then one optimizer step of every member."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(losses.sum())
+        grads = [w.grad for w in self.model.params().values()]
+        norms = torch.linalg.vector_norm(torch.stack([g.flatten(1).norm(dim=1) for g in grads], 1), dim=1)
+        bad = first_nonfinite(("loss", losses), ("gradients", norms))
+        if bad:
+            opt.zero_grad(set_to_none=True)
+            return {"fault": f"non-finite {bad} of a population member at gradient step {self.global_step}"}
+        scale = clip_scale(norms, self.ppo.max_grad_norm)
+        for g in grads:
+            g.mul_(scale.view(-1, *[1] * (g.ndim - 1)))
+        opt.step()
+        sched.step()
+        terms["loss"], terms["grad_norm"] = losses, norms
+        return None
+
+    # ---- selection and test ----
+    def _member_results(self, split: str) -> list[dict[str, EvalResult]]:
+        self.model.eval()
+        res = evaluate_split(self.market, split, PopulationPolicy(self.model))
+        base = {n: r for n, r in res.items() if not n.startswith("member_")}
+        return [{"agent": res[f"member_{k}"], **base} for k in range(self.model.size)]
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._check_weights("before validation")
+        per = self._member_results("val")
+        sharpes = torch.tensor([r["agent"].metrics["sharpe"] for r in per], dtype=torch.float64)
+        self.log_dict({f"val/member_{k}_sharpe": float(s) for k, s in enumerate(sharpes)}, batch_size=1)
+        self.log("val/sharpe", float(sharpes.nanmean()), batch_size=1, prog_bar=True)  # the members' mean
+        self.log("val/bh_sharpe", float(per[0]["buy_and_hold"].metrics["sharpe"]), batch_size=1)
+        if self.trainer.state.fn in ("fit", "validate") and not self.trainer.sanity_checking:
+            self.model.keep_best(sharpes, self.global_step)
+            self.member_val_history.append(sharpes.tolist())
+            keys = ("sharpe", "total_return", "max_drawdown", "exposure")
+            mean = {key: sum(r["agent"].metrics[key] for r in per) / len(per) for key in keys}
+            self._record_val_history(mean, float("nan"))
+
+    def test_members(self) -> list[dict[str, dict[str, EvalResult]]]:
+        """Every member's selected weights on the validation and test splits (each test evaluated once)."""
+        with self.model.selected():
+            val, test = self._member_results("val"), self._member_results("test")
+        return [{"val": v, "test": t} for v, t in zip(val, test, strict=True)]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["population"] = {"streams": self.model.streams.state_dict(), "val_history": self.member_val_history}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("population")
+        if saved is not None:
+            self.model.streams.load_state_dict(saved["streams"])
+            self.member_val_history = [list(r) for r in saved["val_history"]]
