@@ -5,7 +5,7 @@ STAMP := .make/installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: bench compare-augment help install train test test-fast lint format tensorboard clean compare-optimizers compare-exploration
+.PHONY: bench suite compare-augment help install train test test-fast lint format tensorboard clean compare-optimizers compare-exploration
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,7 @@ tensorboard: $(STAMP)  ## serve the TensorBoard logs of every run under outputs/
 BENCH_ARGS ?=
 bench: $(STAMP)  ## env, PPO end to end, Stable-Baselines3 side by side, memory and scaling (~4-7 min on 2 cores); writes experiments/benchmarks/results.md
 	$(PYTHON) experiments/benchmarks/bench.py $(BENCH_ARGS)
+	$(PYTHON) experiments/benchmarks/population.py
 
 clean:  ## remove caches (run outputs under outputs/ are kept)
 	rm -rf .make .pytest_cache .ruff_cache src/*.egg-info
@@ -49,6 +50,9 @@ COMPARE_STEPS ?= 640
 COMPARE_THREADS ?= 1
 COMPARE_NOW := $(shell date +%Y-%m-%d_%H-%M-%S)
 COMPARE_DIR ?= outputs/multirun/optimizer_comparison_$(COMPARE_NOW)
+suite: $(STAMP)  ## the default configuration on the six planted-signal markets, population=8 each (~20-30 min on 2 cores); writes experiments/suite/results.md
+	$(PYTHON) -m src.suite --report experiments/suite/results.md $(ARGS)
+
 compare-optimizers: $(STAMP)  ## every optimizer x 3 seeds on tsla and synthetic (one sweep per env, side by side), same budget; writes experiments/optimizer_comparison/results.md
 	@mkdir -p $(COMPARE_DIR)
 	@set -e; pids=""; for env in tsla synthetic; do \

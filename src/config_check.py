@@ -119,6 +119,8 @@ def check_run(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
         check_types(cfg, choices)
     number(cfg.get("seed", 0), "seed", integer=True, low=0)
     number(cfg.get("population", 1), "population", integer=True, low=1)
+    if cfg.get("population_chunk") is not None:
+        number(cfg.population_chunk, "population_chunk", integer=True, low=1)
     if int(cfg.get("population", 1) or 1) > 1:
         from src.lit_population import check_population
 

@@ -43,6 +43,10 @@ def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
     except (KeyError, TypeError):
         raise ConfigError(f"ckpt_path: {ckpt_path} is not a tradelab checkpoint (no hyper_parameters.cfg)") from None
     train_cfg = OmegaConf.create(cfg)
+    if int(train_cfg.get("population", 1) or 1) > 1:
+        raise ConfigError(f"ckpt_path: {ckpt_path} holds a population of {train_cfg.population} members; its run "
+                          "directory's report.md and metrics.json have every member's test (src.evaluate reads "
+                          "single runs)")  # fmt: skip
     # another env keeps the model's window and position limits (the policy's support): it was built for them
     keep = {"window": train_cfg.env.window, "position_limits": train_cfg.env.position_limits}
     env = OmegaConf.merge(env_cfg, keep) if env_cfg else train_cfg.env

@@ -48,11 +48,10 @@ class MemberStreams:
     def seeded(cls, seeds: list[int], device: torch.device | str) -> MemberStreams:
         """Streams as ``torch.manual_seed(seed)`` leaves the generator of ``device``."""
         out = cls([], device)
-        keep = out._get()
-        for s in seeds:
-            torch.manual_seed(s)
-            out.states.append(out._get())
-        out._set(keep)
+        with torch.random.fork_rng(devices=[out.device] if out.device.type == "cuda" else []):
+            for s in seeds:
+                torch.manual_seed(s)
+                out.states.append(out._get())
         return out
 
     def _get(self) -> torch.Tensor:
@@ -168,8 +167,10 @@ class Population(nn.Module):
     @torch.no_grad()
     def keep_best(self, sharpes: torch.Tensor, step: int) -> torch.Tensor:
         """Copy the weights of every member whose validation Sharpe beat its best so far; return that mask."""
-        s = sharpes.to(self.best_val)
-        better = s > self.best_val  # strict, as a checkpoint monitor in mode max; NaN never selects
+        # as Lightning's ModelCheckpoint (mode max) on the logged float32 value: NaN counts as -inf, the first
+        # validation always selects, a later one only when strictly better
+        s = sharpes.float().nan_to_num(nan=float("-inf")).to(self.best_val)
+        better = (s > self.best_val) | (self.best_step < 0)
         for n in self.names:
             best = getattr(self, "best__" + _key(n))
             best.copy_(torch.where(better.view(-1, *[1] * (best.ndim - 1)), self.stacked[_key(n)], best))
@@ -202,13 +203,32 @@ class Population(nn.Module):
         return vmap(fn)(self.params() if params is None else params, m, pos)
 
     def forward(self, obs: Obs) -> tuple[PopulationBeta, torch.Tensor]:
+        """Rows in member-major order, member k's on rows k*n .. (k+1)*n (the training env's, evaluation's)."""
         if obs.goal is not None or obs.member is not None:
             raise ValueError("a population's members are plain actor-critics (no goals, no ensemble members)")
         ab, v = self.member_heads(obs.market, obs.position)
         return PopulationBeta(ab[..., 0], ab[..., 1], *self.action_range, self.streams), v.reshape(-1)
 
     def value(self, obs: Obs) -> torch.Tensor:
-        return self(obs)[1]
+        """Values of member-major rows, or, with ``obs.member`` (per-row member ids), of any rows: grouped by
+        member and padded to one batched call (the final states of episodes cut at different steps)."""
+        if obs.member is None:
+            return self(obs)[1]
+        member, k = obs.member, self.size
+        counts = torch.bincount(member, minlength=k)
+        width = max(int(counts.max()), 1)
+        order = torch.argsort(member, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = member[order] * width + torch.arange(len(order), device=member.device) - starts[member[order]]
+        market = obs.market.new_zeros(k * width, *obs.market.shape[1:])
+        position = obs.position.new_zeros(k * width, *obs.position.shape[1:])
+        market[slot], position[slot] = obs.market[order], obs.position[order]
+        values = self.member_heads(market, position)[1].reshape(-1)[slot]
+        return torch.empty_like(values).index_put_((order,), values)
+
+    def members_of(self, env: torch.Tensor, n_envs: int) -> torch.Tensor:
+        """The member of each training env index (member k owns envs k*n .. (k+1)*n of ``n_envs``)."""
+        return env // (n_envs // self.size)
 
 
 class PopulationEnv(MarketEnv):

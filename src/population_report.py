@@ -33,7 +33,8 @@ def population_verdict(judged: list[dict], level: float = 0.95) -> dict:
     alpha = 1 - level
     summary = mean_interval(sharpes, level)
     beat = sum(bool(x <= alpha) for x in p)
-    beat_holm = sum(bool(x <= alpha) for x in adjusted)
+    winners = [k for k, x in enumerate(adjusted) if x <= alpha]
+    beat_holm = len(winners)
     bh = t[0]["buy_and_hold_sharpe"]
     pct = f"{100 * level:.0f}%"
     sentence = (
@@ -41,7 +42,12 @@ def population_verdict(judged: list[dict], level: float = 0.95) -> dict:
         f"test Sharpe {summary['mean']:.2f} +- {summary['std']:.2f} (mean +- std; {pct} interval of the mean "
         f"[{summary['low']:.2f}, {summary['high']:.2f}]) against buy-and-hold's {bh:.2f}; {beat} of {len(t)} "
         f"beat buy-and-hold at the {pct} level one by one, {beat_holm} after Holm's correction for {len(t)} tests"
-        f" -- the population {'BEAT' if beat_holm else 'did NOT beat'} buy-and-hold."
+        + (
+            f" (member{'s' * (beat_holm > 1)} {', '.join(map(str, winners))}): at least one seed of this configuration "
+            "beat buy-and-hold; whether the configuration does is what the interval of the mean says."
+            if beat_holm
+            else ": no member beat buy-and-hold."
+        )
     )
     return {
         "split": split,
@@ -107,7 +113,13 @@ def write_population_outputs(
     lines = [
         *report_head(title, info["command"]),
         "Each member is an independent agent (its own seed, initialisation, episodes, optimizer state and gradient "
-        "clipping), selected on its own validation Sharpe and tested once, as its own run would be.",
+        "clipping), selected on its own validation Sharpe and tested once, as its own run would be"
+        + (
+            f" -- except that this run had {info['numerical_faults']} numerical fault(s), and a fault in any member "
+            "skips that step for every member."
+            if info.get("numerical_faults")
+            else "."
+        ),
         "",
         table,
         "",
@@ -125,5 +137,9 @@ def write_population_outputs(
         "",
         *assumption_lines(info.get("data", {})),
     ]
+    if "oracle" in info:
+        o = info["oracle"]
+        lines += ["## Oracle", "", f"The oracle of this planted market earns, after the same costs: Sharpe "
+                  f"{o['val_sharpe']:.2f} on validation, {o['test_sharpe']:.2f} on test.", ""]  # fmt: skip
     atomic_write(run_dir / "report.md", "\n".join(lines) + "\n")
     return f"{table}\n\n{pop['sentence']}"

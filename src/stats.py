@@ -15,6 +15,7 @@ for tests and intervals, by simulation under a null (``tests/test_significance.p
 - :func:`bootstrap_sharpe`: a circular block bootstrap interval (Politis & Romano 1992) with the block
   length of Politis & White (2004, corrected by Patton, Politis & White 2009), never under a day of bars.
 - :func:`mean_interval`: the Student-t interval of a mean over independent runs (a population's members).
+- :func:`paired_difference`: the paired t-test and interval of per-seed differences (a suite's candidate vs baseline).
 - :func:`holm`: Holm's (1979) step-down adjusted p-values, valid under any dependence between the tests.
 """
 
@@ -254,25 +255,30 @@ def bootstrap_sharpe(
     return {"low": float(np.quantile(s, lo_q)), "high": float(np.quantile(s, hi_q)), "block": block}
 
 
-def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+def min_detectable_difference(
+    sd: float, n: int, alpha: float = 0.05, power: float = 0.8, paired: bool = False
+) -> float:
     """The smallest true difference in means that a two-sided two-sample t-test on ``n`` runs per arm (equal
     spread ``sd``) detects at level ``alpha`` with probability ``power``: the exact noncentral-t solution,
     delta = ncp * sd * sqrt(2 / n) with P(|T'(df = 2n - 2, ncp)| > t_crit) = power. What an experiment of n seeds
-    per variant could have told apart, stated beside its table (``experiments/compare.py`` runs this test)."""
+    per variant could have told apart, stated beside its table (``experiments/compare.py`` runs this test).
+    ``paired``: the one-sample t-test of ``n`` paired differences of spread ``sd``
+    (df = n - 1, delta = ncp sd / sqrt n).
+    """
     from scipy.optimize import brentq
     from scipy.stats import nct
     from scipy.stats import t as student
 
     if n < 2 or sd < 0 or not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError(f"need n >= 2, sd >= 0, alpha and power in (0, 1); got {n}, {sd}, {alpha}, {power}")
-    df = 2 * n - 2
+    df, scale = (n - 1, math.sqrt(1.0 / n)) if paired else (2 * n - 2, math.sqrt(2.0 / n))
     crit = student.ppf(1 - alpha / 2, df)
 
     def shortfall(ncp: float) -> float:  # scipy's tail is NaN far out, where the power is 1
         upper, lower = np.nan_to_num(nct.sf(crit, df, ncp), nan=1.0), np.nan_to_num(nct.cdf(-crit, df, ncp), nan=0.0)
         return float(upper + lower) - power
 
-    return float(brentq(shortfall, 0.0, 50.0) * sd * math.sqrt(2.0 / n))
+    return float(brentq(shortfall, 0.0, 50.0) * sd * scale)
 
 
 def mean_interval(x: Sequence[float], level: float = 0.95) -> dict[str, float]:
@@ -306,3 +312,18 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - i) * p[j]))
         out[j] = running
     return out.tolist()
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """Mean of the paired differences ``a_i - b_i`` (pairs with a NaN dropped), its Student-t ``level`` interval,
+    the two-sided p-value of the paired t-test, and the smallest true difference it detects with 80% power."""
+    from scipy.stats import t as student
+
+    d = [x - y for x, y in zip(a, b, strict=True) if not (math.isnan(x) or math.isnan(y))]
+    out = mean_interval(d, level)
+    n, sd = out["n"], out["std"]
+    if n < 2 or not sd > 0:
+        return out | {"p_value": float("nan"), "detectable": float("nan")}
+    t = out["mean"] / (sd / math.sqrt(n))
+    p = float(2 * student.sf(abs(t), n - 1))
+    return out | {"p_value": p, "detectable": min_detectable_difference(sd, n, 1 - level, paired=True)}

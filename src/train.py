@@ -245,11 +245,17 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     grad_steps, faults = trainer.global_step, module.faults["total"]
     val_sharpes = [float(r["sharpe"]) for r in module.val_history]
 
+    if market.oracle is not None:  # a planted market: what the policy that knows its edge earns, after costs
+        from src.data.planted import oracle_section
+
+        info["oracle"], oracle_lines = oracle_section(market)
     if population > 1:
         return _finish_population(module, trainer, info, run_dir, market, started, env_steps, grad_steps, faults)
     reporting = [cb for cb in callbacks if hasattr(cb, "report_key")]
     reports = json_safe({cb.report_key: cb.summary() for cb in reporting})
     sections = {cb.report_key: cb.report_section() for cb in reporting}
+    if market.oracle is not None:
+        sections["oracle"] = oracle_lines
     best = ckpt_cb.best_model_path
     target = next((cb for cb in callbacks if isinstance(cb, ProfitTarget)), None)
     if target is not None and target.checkpoint:  # the validation that met the target is the selection
@@ -285,6 +291,7 @@ def _finish_population(module, trainer, info, run_dir, market, started, env_step
     """A population's test and reports: every member with its own selected weights (:mod:`src.population_report`)."""
     if bool((module.model.best_step < 0).any()):  # the budget ended before the first validation: validate now
         trainer.validate(module, verbose=False)
+    module.to(market.device)  # the trainer's teardown left the weights on the CPU; the test runs outside it
     per = module.test_members()
     sel = [float(r["val"]["agent"].metrics["sharpe"]) for r in per]
     if not _rank_zero():

@@ -26,8 +26,9 @@ def _resolved(cfg) -> dict:
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
-def _fit(module, max_steps: int = 8):
+def _fit(module, root, max_steps: int = 8):
     trainer = L.Trainer(
+        default_root_dir=root,  # where validation writes val_history.csv
         accelerator="cpu",
         max_steps=max_steps,  # 2 iterations of 2 epochs x 2 minibatches
         val_check_interval=1,
@@ -42,11 +43,12 @@ def _fit(module, max_steps: int = 8):
 
 
 def _population(tmp_path, *extra: str, targets=None) -> PopulationModule:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = compose_cfg([*TINY, f"population={K}", f"seed={SEED}", *extra], tmp_path)
     module = PopulationModule(_resolved(cfg), build(cfg.env))
     if targets is not None:
         module.rule.targets = targets(module.rule.targets)
-    return _fit(module)
+    return _fit(module, tmp_path)
 
 
 @pytest.fixture
@@ -68,15 +70,17 @@ def test_population_members_train_as_their_own_runs(tmp_path, optimizer, request
     clipping and optimizer state all per member."""
     if optimizer == "muon":
         request.getfixturevalue("float32_newton_schulz")
-    pop = _population(tmp_path, f"optimizer={optimizer}")
+    cut = "env.episode_length=20"  # episodes cut inside a rollout: the final states valued by their own member
+    pop = _population(tmp_path, f"optimizer={optimizer}", "population_chunk=2", cut)  # chunks: members 0-1, then 2
     assert pop.env_steps == K * 2 * 8 * 32 and pop.global_step == 8
     for k in range(K):
-        cfg = compose_cfg([*TINY, f"optimizer={optimizer}", f"seed={SEED + k}"], tmp_path)
+        cfg = compose_cfg([*TINY, f"optimizer={optimizer}", f"seed={SEED + k}", cut], tmp_path)
         torch.manual_seed(SEED + k)  # what train.py's seed_everything does before building the module
         init = build(cfg.model, num_features=pop.market.num_features, window=pop.market.window,
                      action_range=tuple(float(x) for x in pop.market.position_limits)).state_dict()  # fmt: skip
         torch.manual_seed(SEED + k)
-        own = _fit(PPOModule(_resolved(cfg), build(cfg.env)))
+        (tmp_path / f"own{k}").mkdir()
+        own = _fit(PPOModule(_resolved(cfg), build(cfg.env)), tmp_path / f"own{k}")
         mine, theirs = pop.model.member_state(k), own.model.state_dict()
         for name, w in theirs.items():
             assert float((w - init[name]).abs().max()) > 1e-5, f"{name} did not train"
@@ -159,3 +163,30 @@ def test_a_population_refuses_what_it_cannot_train_per_member(tiny_cfg, tmp_path
         train(tiny_cfg(f"population={K}", override))
     assert f"population={K}" in str(e.value) + capsys.readouterr().err
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_a_killed_population_resumes_to_the_same_results(tmp_path):
+    """Every member's streams, env generator, value statistics, optimizer state and selection survive a kill."""
+    from tests.helpers import outcome, run_killed_and_resumed
+
+    full, cut, saved = run_killed_and_resumed(tmp_path, [*TINY, f"population={K}", "trainer.max_steps=12"], at=2)
+    assert len(saved["population"]["streams"]["states"]) == K
+    assert outcome(full) == outcome(cut)
+
+
+def test_values_of_rows_in_any_order_are_their_own_members():
+    """The final states of episodes cut at different steps come in time order, not grouped by member: each row
+    is valued by the member its env belongs to."""
+    from src.envs.market_env import Obs
+    from src.models.actor_critic import mlp_actor_critic
+    from src.population import MemberStreams, Population
+
+    members = [mlp_actor_critic(3, 4, hidden=(8,), head_hidden=8) for _ in range(K)]
+    pop = Population(members, MemberStreams([torch.get_rng_state()] * K))
+    g = torch.Generator().manual_seed(0)
+    market, position = torch.randn(7, 4, 3, generator=g), torch.rand(7, 1, generator=g)
+    member = torch.tensor([2, 0, 2, 1, 2, 0, 2])
+    got = pop.value(Obs(market, position, None, member))
+    want = torch.stack([members[int(m)].value(Obs(market[i : i + 1], position[i : i + 1]))[0] for i, m in
+                        enumerate(member)])  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

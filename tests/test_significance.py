@@ -310,3 +310,37 @@ def test_min_detectable_difference_has_the_power_it_claims():
     a, b = rng.standard_normal((2, 20000, 3))
     assert (ttest_ind(b + d, a, axis=1).pvalue < 0.05).mean() == pytest.approx(0.80, abs=0.01)
     assert (ttest_ind(b + d / 2, a, axis=1).pvalue < 0.05).mean() < 0.4
+
+
+def test_holm_and_the_mean_interval_by_hand():
+    from src.stats import holm, mean_interval
+
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    out = holm([0.5, float("nan"), 0.01])  # NaN is not a test: m = 2
+    assert out[0] == pytest.approx(0.5) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
+    s = mean_interval([1.0, 2.0, 3.0, 4.0])  # t(0.975, 3) = 3.18245, sd = 1.29099, half = 3.18245 * 1.29099 / 2
+    assert (s["mean"], s["std"]) == pytest.approx((2.5, 1.2909944))
+    assert (s["low"], s["high"]) == pytest.approx((2.5 - 2.0542603, 2.5 + 2.0542603))
+    assert math.isnan(mean_interval([1.0])["low"])
+
+
+def test_holm_and_the_mean_interval_are_calibrated_by_simulation():
+    """Under a null, Holm's family-wise error over 8 correlated one-sided tests stays at or below 5% (about 5%
+    with independent tests), and the t interval of a mean of 5 normal values covers the truth 95% of the time."""
+    from scipy.stats import norm
+
+    from src.stats import holm, mean_interval
+
+    rng = np.random.default_rng(0)
+    sims = 4000
+    for rho in (0.0, 0.5):
+        z = np.sqrt(rho) * rng.standard_normal((sims, 1)) + np.sqrt(1 - rho) * rng.standard_normal((sims, 8))
+        p = norm.sf(z)
+        fwer = np.mean([min(holm(row)) <= 0.05 for row in p])
+        assert fwer <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / sims)
+        if rho == 0.0:
+            assert fwer > 0.04  # not needlessly conservative with independent tests (exact: 1 - 0.95 ** ... ~ 4.9%)
+    x = rng.normal(1.0, 2.0, (sims, 5))
+    cover = np.mean([(lambda s: s["low"] <= 1.0 <= s["high"])(mean_interval(row)) for row in x])
+    assert abs(cover - 0.95) < 3 * np.sqrt(0.05 * 0.95 / sims)

@@ -573,6 +573,11 @@ def report(args, res: dict) -> str:
         lines += [""]
     walls = ", ".join(f"{k} {v['wall']:.0f} s" for k, v in res.items())
     lines += [f"Wall time of each part: {walls}.", ""]
+    pop = Path(__file__).resolve().parent / "population.json"
+    if pop.exists():  # written by population.py (the second half of make bench)
+        from population import section
+
+        lines += [*section(json.loads(pop.read_text())), ""]
     return "\n".join(lines)
 
 

@@ -119,6 +119,7 @@ class Market:
     bars_per_day: int = 1  # trading-day length in bars (the bootstrap's shortest block)
     dividend: torch.Tensor | None = None  # (T,) dividend yield paid on bar t to the weight held overnight into it
     accrual: torch.Tensor | None = None  # (T,) calendar years from bar t - 1 to bar t (financing accrues over them)
+    oracle: np.ndarray | None = None  # (T,) a planted market's oracle weight decided at bar t (src/data/planted.py)
 
     def __post_init__(self) -> None:
         n = len(self.pre)

@@ -141,5 +141,7 @@ def collect(
         final = env.observe(buf.final_t[idx], buf.final_position[idx])
         goal = None if goals is None else buf.next_goal[idx]
         member = None if members is None else buf.member[idx]
+        if member is None and hasattr(model, "members_of"):  # a population: each row's member, from its env
+            member = model.members_of(idx[1], env.n)
         buf.next_values[idx] = model.value(Obs(final.market, final.position, goal, member))
     return obs

@@ -1,0 +1,142 @@
+"""Planted-signal markets: generated OHLCV with a known, learnable edge and the policy that knows it (the oracle).
+
+Each ``kind`` is an ``env=`` option (``conf/env/<kind>.yaml``) and a row of the suite (:mod:`src.suite`). Close-to-
+close log returns ``r_t`` are generated, bars open at the previous close (so a fill at the next open is a fill at
+the decision's close), and the oracle's target weight for bar t+1 is decided from the generator's state at bar t:
+
+- ``momentum``: AR(1), ``r_t = rho r_{t-1} + vol sqrt(1 - rho^2) e_t`` with ``rho = strength`` (> 0); the oracle
+  holds ``sign(r_t)``. ``mean_reversion``: the same with ``rho = -strength``; the oracle holds ``-sign(r_t)``.
+- ``ou_trend``: log price = a slow trend (``trend`` per bar) + an Ornstein-Uhlenbeck deviation,
+  ``x_{t+1} = (1 - theta) x_t + vol e``, ``theta = strength``; the next return's mean is ``trend - theta x_t``,
+  and the oracle holds its sign.
+- ``regime``: a hidden two-state Markov chain (persistence ``stay``) sets the drift ``+-strength`` of each bar's
+  return (noise ``vol``); the agent can see a regime only with a lag (through its momentum features); the oracle
+  knows the current one and holds its sign (an upper bound on what a lagged observer can earn).
+- ``vol_clustering``: GARCH(1,1) returns with a small drift ``strength`` (long-run std ``vol``); the oracle is long
+  and sizes by the predicted volatility, ``min(1, 0.7 vol / sigma_{t+1})`` (volatility targeting).
+- ``null``: iid returns with no drift: no edge. The oracle stays flat; an agent's test Sharpe must be ~0.
+
+The oracle's Sharpe is measured after costs through the same env and accounting as the agent's
+(:func:`oracle_results`), never assumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from src.data.market import Market, build_market
+from src.data.synthetic import _bars
+from src.errors import ConfigError
+
+KINDS = ("momentum", "mean_reversion", "ou_trend", "regime", "vol_clustering", "null")
+
+
+def planted_returns(
+    kind: str, n_bars: int, strength: float, vol: float, seed: int, trend: float = 3e-4, stay: float = 0.98
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(returns r_t, the oracle's weight decided at bar t, each bar's return std) of a ``kind`` market."""
+    if kind not in KINDS:
+        raise ConfigError(f"env.kind must be one of {KINDS}, got {kind!r}")
+    if n_bars < 100 or vol <= 0:
+        raise ConfigError(f"env.n_bars must be >= 100 and env.vol > 0, got {n_bars}, {vol}")
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal(n_bars)
+    sig = np.full(n_bars, vol)
+    if kind in ("momentum", "mean_reversion"):
+        rho = strength if kind == "momentum" else -strength
+        if not -1 < rho < 1:
+            raise ConfigError(f"env.strength (the AR coefficient's size) must be in [0, 1), got {strength}")
+        r = np.empty(n_bars)
+        r[0] = vol * e[0]
+        for i in range(1, n_bars):
+            r[i] = rho * r[i - 1] + vol * np.sqrt(1 - rho**2) * e[i]
+        return r, np.sign(rho * r), sig
+    if kind == "ou_trend":
+        if not 0 < strength < 1:
+            raise ConfigError(f"env.strength (the OU reversion speed theta) must be in (0, 1), got {strength}")
+        x = np.zeros(n_bars)
+        for i in range(1, n_bars):
+            x[i] = (1 - strength) * x[i - 1] + vol * e[i]
+        lp = trend * np.arange(n_bars) + x
+        r = np.diff(lp, prepend=0.0)
+        return r, np.sign(trend - strength * x), sig
+    if kind == "regime":
+        if not 0 < stay < 1:
+            raise ConfigError(f"env.stay must be in (0, 1), got {stay}")
+        flip = rng.random(n_bars) > stay
+        state = np.where(np.cumsum(flip) % 2 == 0, 1.0, -1.0)
+        return state * strength + vol * e, state, sig
+    if kind == "vol_clustering":
+        alpha, beta = 0.1, 0.85
+        omega = vol**2 * (1 - alpha - beta)
+        s2, r = np.empty(n_bars), np.empty(n_bars)
+        s2[0] = vol**2
+        for i in range(n_bars):
+            if i:
+                s2[i] = omega + alpha * (r[i - 1] - strength) ** 2 + beta * s2[i - 1]
+            r[i] = strength + np.sqrt(s2[i]) * e[i]
+        nxt = omega + alpha * (r - strength) ** 2 + beta * s2  # sigma^2 of bar t + 1, known at bar t
+        return r, np.minimum(1.0, 0.7 * vol / np.sqrt(nxt)), np.sqrt(s2)
+    return vol * e, np.zeros(n_bars), sig  # null
+
+
+def planted_suite_market(
+    kind: str = "momentum",
+    name: str | None = None,
+    n_bars: int = 3000,
+    strength: float = 0.15,
+    vol: float = 0.01,
+    seed: int = 0,
+    trend: float = 3e-4,
+    stay: float = 0.98,
+    start: str = "2000-01-03",
+    max_gap: str | None = None,
+    max_file_mb: float | None = None,
+    **kwargs,
+) -> Market:
+    """A ``kind`` market (see the module docstring) with its oracle's weights on ``market.oracle``."""
+    r, oracle, sig = planted_returns(kind, n_bars, strength, vol, seed, trend, stay)
+    rng = np.random.default_rng(seed + 1)
+    close = 100.0 * np.exp(np.cumsum(r))
+    bars = _bars(np.concatenate([[100.0], close[:-1]]), close, sig, 0.0, rng, start)
+    digest = hashlib.sha256(pd.util.hash_pandas_object(bars).to_numpy().tobytes()).hexdigest()
+    source = f"planted {kind}(strength={strength}, vol={vol}, seed={seed}, n_bars={n_bars})"
+    market = build_market(bars, name=name or kind, source=source, data_hash=digest, **kwargs)
+    market.oracle = pd.Series(oracle, index=bars.index).reindex(market.bars.index).to_numpy()
+    return market
+
+
+class OraclePolicy:
+    """The oracle's weights along a split, in the order ``run_policies`` walks it (one call per bar)."""
+
+    def __init__(self, market: Market, split: str) -> None:
+        self.first, _ = market.decision_range(split)
+        self.weights, self.step = market.oracle, 0
+        self.device = market.device
+
+    def __call__(self, obs):
+        import torch
+
+        w = float(self.weights[self.first + self.step])
+        self.step += 1
+        return torch.full((obs.market.shape[0],), w, device=self.device)
+
+
+def oracle_results(market: Market, split: str) -> dict:
+    """The oracle's metrics on ``split``, through the same env, costs and financing as the agent."""
+    from src.evaluation import evaluate_split
+
+    return evaluate_split(market, split, OraclePolicy(market, split))["agent"].metrics
+
+
+def oracle_section(market: Market) -> tuple[dict, list[str]]:
+    """The oracle's validation and test Sharpe after costs, and the report lines that state them."""
+    val, test = oracle_results(market, "val"), oracle_results(market, "test")
+    out = {"val_sharpe": val["sharpe"], "test_sharpe": test["sharpe"], "test_turnover": test["turnover"]}
+    line = (f"The oracle of this planted market ({market.name}: the policy that knows the planted edge, "
+            "src/data/planted.py) earns, after the same costs: Sharpe {:.2f} on validation, {:.2f} on test "
+            "(turnover {:.1f}).").format(out["val_sharpe"], out["test_sharpe"], out["test_turnover"])  # fmt: skip
+    return out, ["## Oracle", "", line, ""]
