@@ -32,7 +32,7 @@ TICKERS = ("tsla",)
 # The member size and budget that fit the suite in minutes a market on 2 cores (override any of them); the
 # transformer's size only when no other model is chosen
 SIZE = ["model.d_model=32", "model.n_layers=1", "model.d_ff=64", "model.head_hidden=32"]
-DEFAULTS = ["algo.num_envs=16", "algo.rollout_steps=64", "trainer.max_steps=480", "trainer.val_check_interval=5",
+DEFAULTS = ["algo.num_envs=16", "algo.rollout_steps=64", "trainer.max_steps=960", "trainer.val_check_interval=5",
             "trainer.enable_progress_bar=false"]  # fmt: skip
 
 
