@@ -82,8 +82,12 @@ EDGE = 0.25  # an oracle share needs an oracle this much above 0 (the share) and
 def nonzero_holm(metrics: dict, alpha: float = 0.05) -> int:
     """Members whose test Sharpe differs from 0 (two-sided, from the probabilistic Sharpe ratio against 0), after
     Holm's correction over the members: what the null market's row must show as 0."""
-    psr = [float(m["verdict"]["test"]["psr_vs_zero"]) for m in metrics["members"]]
-    return sum(p <= alpha for p in holm([2 * min(x, 1 - x) for x in psr]))
+    p = []
+    for m in metrics["members"]:
+        psr = float(m["verdict"]["test"]["psr_vs_zero"])  # P(true Sharpe > 0): exactly 0 for a member that never
+        flat = float(m["test"]["agent"]["annual_volatility"]) == 0  # traded, whose Sharpe is 0, not "differs"
+        p.append(1.0 if flat else 2 * min(psr, 1 - psr))
+    return sum(x <= alpha for x in holm(p))
 
 
 def row(market: str, metrics: dict, oracle: float, baseline: dict | None) -> dict:
@@ -96,7 +100,8 @@ def row(market: str, metrics: dict, oracle: float, baseline: dict | None) -> dic
     t = out["test_sharpe"]
     out["oracle_share"] = {k: t[k] / oracle for k in ("mean", "low", "high")} if oracle > EDGE else None
     gap = oracle - bh  # what knowing the edge adds to holding the asset
-    out["excess_share"] = {k: (t[k] - bh) / gap for k in ("mean", "low", "high")} if gap > EDGE else None
+    edge = oracle > EDGE and gap > EDGE  # none where the oracle earns nothing (the null market stays flat)
+    out["excess_share"] = {k: (t[k] - bh) / gap for k in ("mean", "low", "high")} if edge else None
     if baseline is not None:
         b = member_sharpes(baseline)
         out["baseline_sharpe"] = mean_interval(b)

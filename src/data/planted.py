@@ -2,18 +2,21 @@
 
 Each ``kind`` is an ``env=`` option (``conf/env/<kind>.yaml``) and a row of the suite (:mod:`src.suite`). Close-to-
 close log returns ``r_t`` are generated, bars open at the previous close (so a fill at the next open is a fill at
-the decision's close), and the oracle's target weight for bar t+1 is decided from the generator's state at bar t:
+the decision's close), and the oracle's target weight for bar t+1 is decided from the generator's state at bar t.
+The oracle knows the next return's conditional mean ``mu_t`` and volatility ``sigma_{t+1}`` and holds the
+mean-variance position ``mu_t / sigma_{t+1}^2`` (the Sharpe-optimal one, before costs and the cap), scaled so that a
+typical ``mu`` at the typical volatility holds half the position limit, capped at +-1. It ignores costs when it
+decides, so an agent that trades less can beat it on a path: it is the edge's reference, not a bound.
 
-- ``momentum``: AR(1), ``r_t = rho r_{t-1} + vol sqrt(1 - rho^2) e_t`` with ``rho = strength`` (> 0); the oracle
-  holds ``sign(r_t)``. ``mean_reversion``: the same with ``rho = -strength``; the oracle holds ``-sign(r_t)``.
+- ``momentum``: AR(1), ``r_t = rho r_{t-1} + vol sqrt(1 - rho^2) e_t`` with ``rho = strength`` (> 0), so
+  ``mu_t = rho r_t``; ``mean_reversion``: the same with ``rho = -strength``.
 - ``ou_trend``: log price = a slow trend (``trend`` per bar) + an Ornstein-Uhlenbeck deviation,
-  ``x_{t+1} = (1 - theta) x_t + vol e``, ``theta = strength``; the next return's mean is ``trend - theta x_t``,
-  and the oracle holds its sign.
+  ``x_{t+1} = (1 - theta) x_t + vol e``, ``theta = strength``; ``mu_t = trend - theta x_t``.
 - ``regime``: a hidden two-state Markov chain (persistence ``stay``) sets the drift ``+-strength`` of each bar's
   return (noise ``vol``); the agent can see a regime only with a lag (through its momentum features); the oracle
-  knows the current one and holds its sign (an upper bound on what a lagged observer can earn).
+  knows the current one (an upper bound on what a lagged observer can know).
 - ``vol_clustering``: GARCH(1,1) returns with a small drift ``strength`` (long-run std ``vol``); the oracle is long
-  and sizes by the predicted volatility, ``min(1, 0.7 vol / sigma_{t+1})`` (volatility targeting).
+  and sizes by the predicted variance (``mu`` is constant, ``sigma_{t+1}`` known at t).
 - ``null``: iid returns with no drift: no edge. The oracle stays flat; an agent's test Sharpe must be ~0.
 
 The oracle's Sharpe is measured after costs through the same env and accounting as the agent's
@@ -53,7 +56,7 @@ def planted_returns(
         r[0] = vol * e[0]
         for i in range(1, n_bars):
             r[i] = rho * r[i - 1] + vol * np.sqrt(1 - rho**2) * e[i]
-        return r, np.sign(rho * r), sig
+        return r, _mean_variance(rho * r, abs(rho) * vol, sig, vol), sig
     if kind == "ou_trend":
         if not 0 < strength < 1:
             raise ConfigError(f"env.strength (the OU reversion speed theta) must be in (0, 1), got {strength}")
@@ -62,13 +65,14 @@ def planted_returns(
             x[i] = (1 - strength) * x[i - 1] + vol * e[i]
         lp = trend * np.arange(n_bars) + x
         r = np.diff(lp, prepend=0.0)
-        return r, np.sign(trend - strength * x), sig
+        spread = vol / np.sqrt(strength * (2 - strength))  # the OU deviation's stationary std
+        return r, _mean_variance(trend - strength * x, np.hypot(trend, strength * spread), sig, vol), sig
     if kind == "regime":
         if not 0 < stay < 1:
             raise ConfigError(f"env.stay must be in (0, 1), got {stay}")
         flip = rng.random(n_bars) > stay
         state = np.where(np.cumsum(flip) % 2 == 0, 1.0, -1.0)
-        return state * strength + vol * e, state, sig
+        return state * strength + vol * e, _mean_variance(state * strength, strength, sig, vol), sig
     if kind == "vol_clustering":
         alpha, beta = 0.1, 0.85
         omega = vol**2 * (1 - alpha - beta)
@@ -79,8 +83,17 @@ def planted_returns(
                 s2[i] = omega + alpha * (r[i - 1] - strength) ** 2 + beta * s2[i - 1]
             r[i] = strength + np.sqrt(s2[i]) * e[i]
         nxt = omega + alpha * (r - strength) ** 2 + beta * s2  # sigma^2 of bar t + 1, known at bar t
-        return r, np.minimum(1.0, 0.7 * vol / np.sqrt(nxt)), np.sqrt(s2)
+        return r, _mean_variance(np.full(n_bars, strength), strength, np.sqrt(nxt), vol), np.sqrt(s2)
     return vol * e, np.zeros(n_bars), sig  # null
+
+
+def _mean_variance(mu: np.ndarray, typical: float, sigma_next: np.ndarray, vol: float) -> np.ndarray:
+    """The oracle's weight for bar t + 1: the mean-variance position ``mu / sigma^2`` on the known conditional mean
+    ``mu`` and volatility ``sigma_next`` of the next return, scaled so that a typical ``mu`` (``typical``, its
+    root mean square) at the typical volatility ``vol`` holds half the limit, and capped at +-1."""
+    if typical <= 0:
+        return np.zeros_like(mu)
+    return np.clip(mu / (2 * typical) * (vol / sigma_next) ** 2, -1.0, 1.0)
 
 
 def planted_suite_market(
