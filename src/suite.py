@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -24,6 +25,9 @@ import time
 from pathlib import Path
 
 from src.data.planted import oracle_results
+from src.errors import ConfigError
+from src.lit_population import check_population
+from src.population_report import population_verdict
 from src.reporting import atomic_write
 from src.stats import holm, mean_interval, min_detectable_difference, paired_difference
 
@@ -42,32 +46,97 @@ def arm(overrides: list[str]) -> list[str]:
     return [*([] if other_model else SIZE), *DEFAULTS, *overrides]
 
 
+def _command(market: str, overrides: list[str], population: int) -> list[str]:
+    return [sys.executable, "-m", "src.train", f"env={market}", f"population={population}", *arm(overrides)]
+
+
+def _start(market: str, overrides: list[str], population: int, run_dir: Path) -> subprocess.Popen:
+    cmd = _command(market, overrides, population)
+    print(f"$ {shlex.join(['python', *cmd[1:]])}", flush=True)
+    proc = subprocess.Popen([*cmd, f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    proc.suite = (market, cmd, run_dir)  # type: ignore[attr-defined]
+    TRAINED.append(run_dir)
+    return proc
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    market, cmd, run_dir = proc.suite  # type: ignore[attr-defined]
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"suite: the run on {market} failed:\n{out[-2000:]}\n{err[-2000:]}")
+    atomic_write(run_dir / "suite_command.json", json.dumps(cmd[1:]) + "\n")
+
+
 def run_market(market: str, overrides: list[str], population: int, run_dir: Path) -> dict:
     """Train one population on one market; its metrics.json. A finished run in ``run_dir`` is reused only if it
     was made with the same overrides (an interrupted suite continues where it stopped)."""
-    cmd = [sys.executable, "-m", "src.train", f"env={market}", f"population={population}", *arm(overrides)]
+    cmd = _command(market, overrides, population)
     record = run_dir / "suite_command.json"
-    if (run_dir / "metrics.json").exists():
-        if not record.exists() or json.loads(record.read_text()) != cmd[1:]:
-            raise SystemExit(f"suite: {run_dir} holds a run made with other settings; choose another --out")
-        return json.loads((run_dir / "metrics.json").read_text())
-    print(f"$ {shlex.join(['python', *cmd[1:]])}", flush=True)
-    proc = subprocess.run([*cmd, f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"suite: the run on {market} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    atomic_write(record, json.dumps(cmd[1:]) + "\n")
+    if not (run_dir / "metrics.json").exists():
+        _finish(_start(market, overrides, population, run_dir))
+    elif not record.exists() or json.loads(record.read_text()) != cmd[1:]:
+        raise SystemExit(f"suite: {run_dir} holds a run made with other settings; choose another --out")
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def train_market(market: str, overrides: list[str], population: int, run_dir: Path, parallel: int) -> dict:
+    """One population's metrics on one market: batched in one process where it can be, else K separate runs."""
+    if population == 1 or batched(market, overrides, population):
+        return run_market(market, overrides, population, run_dir)
+    return run_seeds(market, overrides, population, run_dir, parallel)
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def batched(market: str, overrides: list[str], population: int) -> bool:
+    """Whether one ``population=K`` process can train this configuration; if not (an add-on, an ensemble,
+    another algorithm: :func:`src.lit_population.check_population`), the suite runs the K seeds one by one."""
+    try:
+        check_population(_compose([f"env={market}", f"population={population}", *arm(overrides)]))
+    except ConfigError:
+        return False
+    return True
+
+
+def m_seed(overrides: list[str]) -> int:
+    """The seed the overrides set (the last ``seed=`` wins, as in Hydra); 0 by default."""
+    return next((int(o.split("=", 1)[1]) for o in reversed(overrides) if o.startswith("seed=")), 0)
+
+
+def run_seeds(market: str, overrides: list[str], population: int, run_dir: Path, parallel: int) -> dict:
+    """The K seeds as K separate runs (``parallel`` one-thread processes at a time), gathered into a population's
+    metrics: the same members (seed, validation selection, single test, verdict) and the same summary."""
+    seed = m_seed(overrides)
+    jobs = [(run_dir / f"seed_{seed + j}", [*overrides, f"seed={seed + j}", "threads=1"]) for j in range(population)]
+    pending = [j for j in jobs if not (j[0] / "metrics.json").exists()]
+    running: list[subprocess.Popen] = []
+    for d, ov in jobs:
+        if (d / "metrics.json").exists():
+            run_market(market, ov, 1, d)  # checks that it was made with these settings
+    while pending or running:
+        while pending and len(running) < parallel:
+            d, ov = pending.pop(0)
+            running.append(_start(market, ov, 1, d))
+        proc = running.pop(0)
+        _finish(proc)
+    members = []
+    for d, ov in jobs:
+        m = run_market(market, ov, 1, d)
+        members.append({"seed": m_seed(ov), "test": m["test"], "val": m["val"], "verdict": m["verdict"]})
+    return {"members": members, "population": population_verdict([m["verdict"] for m in members]), "separate": True}
 
 
 def market_oracle(market: str, overrides: list[str]) -> float:
     """The oracle's test Sharpe after costs (NaN for a market without one, e.g. a shipped ticker)."""
-    from hydra import compose, initialize_config_dir
-
     from src.utils import build
 
-    env_keys = [o for o in overrides if o.startswith(("env.", "+env."))]
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"env={market}", *env_keys])
+    cfg = _compose([f"env={market}", *[o for o in overrides if o.startswith(("env.", "+env."))]])
     m = build(cfg.env)
     return float(oracle_results(m, "test")["sharpe"]) if m.oracle is not None else float("nan")
 
@@ -76,6 +145,7 @@ def member_sharpes(metrics: dict) -> list[float]:
     return [float(m["test"]["agent"]["sharpe"]) for m in metrics["members"]]
 
 
+TRAINED: list[Path] = []  # the runs this invocation trained (the others were reused)
 EDGE = 0.25  # an oracle share needs an oracle this much above 0 (the share) and above buy-and-hold (the excess share)
 
 
@@ -96,7 +166,7 @@ def row(market: str, metrics: dict, oracle: float, baseline: dict | None) -> dic
     bh = pop["buy_and_hold_sharpe"]
     out = {"market": market, "oracle_sharpe": oracle, "buy_and_hold_sharpe": bh, "test_sharpe": mean_interval(s),
            "members": len(s), "beat_bh_holm": pop["beat_buy_and_hold_holm"], "nonzero_holm": nonzero_holm(metrics),
-           "member_sharpes": s}  # fmt: skip
+           "member_sharpes": s, "separate": bool(metrics.get("separate"))}  # fmt: skip
     t = out["test_sharpe"]
     out["oracle_share"] = {k: t[k] / oracle for k in ("mean", "low", "high")} if oracle > EDGE else None
     gap = oracle - bh  # what knowing the edge adds to holding the asset
@@ -105,6 +175,7 @@ def row(market: str, metrics: dict, oracle: float, baseline: dict | None) -> dic
     if baseline is not None:
         b = member_sharpes(baseline)
         out["baseline_sharpe"] = mean_interval(b)
+        out["baseline_separate"] = bool(baseline.get("separate"))
         out["difference"] = paired_difference(s, b)
     return out
 
@@ -144,6 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--markets", default=",".join(MARKETS), help=f"comma-separated env options (default {MARKETS})")
     ap.add_argument("--tickers", action="store_true", help=f"also the shipped tickers {TICKERS}")
     ap.add_argument("--population", type=int, default=8, help="members per market (seeds 0..K-1)")
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="one-thread processes at a time where the seeds must run separately (default: the cores)",
+    )
     ap.add_argument("--candidate", default="", help="overrides of the configuration under test only, in quotes")
     ap.add_argument("--baseline", help="overrides of a baseline configuration only, in quotes (compared by seed)")
     ap.add_argument("--out", type=Path, default=Path("outputs/suite") / time.strftime("%Y-%m-%d_%H-%M-%S"))
@@ -158,8 +235,9 @@ def main(argv: list[str] | None = None) -> None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
     started, rows = time.time(), []
     for m in markets:
-        metrics = run_market(m, cand, args.population, args.out / "candidate" / m)
-        against = run_market(m, base, args.population, args.out / "baseline" / m) if base is not None else None
+        metrics = train_market(m, cand, args.population, args.out / "candidate" / m, args.parallel)
+        against = None if base is None else train_market(m, base, args.population, args.out / "baseline" / m,
+                                                         args.parallel)  # fmt: skip
         rows.append(row(m, metrics, market_oracle(m, args.overrides), against))
     cmd = shlex.join(["python", "-m", "src.suite", *(argv if argv is not None else sys.argv[1:])])
     text = report(rows, cmd, args, base, time.time() - started)
@@ -172,11 +250,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(rows: list[dict], cmd: str, args, base: list[str] | None, seconds: float) -> str:
     k = args.population
-    seed = next((int(o.split("=", 1)[1]) for o in reversed(args.overrides) if o.startswith("seed=")), 0)
+    seed = m_seed(args.overrides)
     lines = ["# Planted-signal suite", "", "Command:", "", "```", cmd, "```", "",
              f"Configuration: the defaults of `src/suite.py` ({' '.join(arm([]))}) then "
              f"`{' '.join([*args.overrides, args.candidate]).strip() or '(none)'}`; population={k} (seeds "
-             f"{seed}..{seed + k - 1}) on every market; runs under `{args.out}`; {seconds / 60:.0f} min.", "",
+             f"{seed}..{seed + k - 1}) on every market; runs under `{args.out}`; {len(TRAINED)} runs trained in "
+             f"{seconds / 60:.0f} min (finished runs of the same settings are reused).", "",
              table(rows, base is not None), ""]  # fmt: skip
     sds = [r["test_sharpe"]["std"] for r in rows if r["test_sharpe"]["std"] == r["test_sharpe"]["std"]]
     if sds:
@@ -194,10 +273,17 @@ def report(rows: list[dict], cmd: str, args, base: list[str] | None, seconds: fl
         "costs. '> B&H': members beating buy-and-hold in the paired test after Holm over the members; '≠ 0': "
         "members whose test Sharpe differs from 0 (two-sided, from the probabilistic Sharpe ratio) after Holm.",
         "",
-        "The null market has no edge: its '≠ 0' must be 0 of K. If it is not, something other than skill is "
-        "at work: a leak, a cost not charged, or one lucky path (rerun with another env.seed). Its mean's "
-        "interval need not cover 0 (all members share one path's luck); the per-member test judges that.",
+        "The null market has no edge: its '≠ 0' must read 0 of K (Holm holds the chance that any member shows an "
+        "edge there to 5%, however the members are correlated). If it does not, suspect a leak, a cost not charged "
+        "or one lucky path (rerun with another env.seed) before trusting any other row. Its mean's interval need "
+        "not cover 0: all members are tested on one path, whose drift rewards any common lean.",
     ]
+    for arm_name, key in (("candidate", "separate"), ("baseline", "baseline_separate")):
+        apart = [r["market"] for r in rows if r.get(key)]
+        if apart:
+            lines += ["", f"The {arm_name} cannot train as one population (an add-on, an ensemble or another "
+                      f"algorithm: src/lit_population.py), so on {', '.join(apart)} its {k} seeds ran as {k} separate "
+                      "runs, one thread each: the same seeds, selection and single test."]  # fmt: skip
     if base is not None:
         lines += ["", f"Baseline: `{' '.join(base) or '(the defaults)'}`, the same markets and seeds; difference = "
                   "candidate - baseline member by member (paired t over seeds, conditional on each market's one test "

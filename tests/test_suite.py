@@ -103,3 +103,18 @@ def test_a_member_that_never_traded_shows_no_edge_and_a_flat_oracle_no_share():
     r = row("null_market", metrics, 0.0, None)
     assert r["oracle_share"] is None and r["excess_share"] is None
     assert row("momentum", metrics, 2.0, None)["excess_share"]["mean"] == pytest.approx((1.5 + 0.6) / 2.6)
+
+
+def test_a_configuration_a_population_cannot_train_runs_its_seeds_separately(tmp_path):
+    """target_kl stops a population's epochs together, so it is refused there: the suite runs the seeds as
+    separate runs (seed=0, seed=1) and gathers them into the same row."""
+    tiny = [o for o in TINY if not o.startswith("env=")]
+    out = tmp_path / "suite"
+    main(["--markets", "momentum", "--population", "2", "--out", str(out), "--parallel", "2", "--candidate",
+          "algo.target_kl=0.5", *tiny, "env.seed=2"])  # fmt: skip
+    (row,) = json.loads((out / "suite.json").read_text())
+    runs = [json.loads((out / "candidate" / "momentum" / f"seed_{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    assert row["separate"] and row["member_sharpes"] == [r["test"]["agent"]["sharpe"] for r in runs]
+    cmd = json.loads((out / "candidate" / "momentum" / "seed_1" / "suite_command.json").read_text())
+    assert "seed=1" in cmd and "population=1" in cmd and "algo.target_kl=0.5" in cmd
+    assert "separate runs" in (out / "suite.md").read_text()
