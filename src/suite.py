@@ -71,13 +71,19 @@ def _finish(proc: subprocess.Popen) -> None:
 def run_market(market: str, overrides: list[str], population: int, run_dir: Path) -> dict:
     """Train one population on one market; its metrics.json. A finished run in ``run_dir`` is reused only if it
     was made with the same overrides (an interrupted suite continues where it stopped)."""
-    cmd = _command(market, overrides, population)
-    record = run_dir / "suite_command.json"
-    if not (run_dir / "metrics.json").exists():
+    if not _finished(market, overrides, population, run_dir):
         _finish(_start(market, overrides, population, run_dir))
-    elif not record.exists() or json.loads(record.read_text()) != cmd[1:]:
-        raise SystemExit(f"suite: {run_dir} holds a run made with other settings; choose another --out")
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _finished(market: str, overrides: list[str], population: int, run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run of these settings; one of other settings is refused."""
+    if not (run_dir / "metrics.json").exists():
+        return False
+    record = run_dir / "suite_command.json"
+    if not record.exists() or json.loads(record.read_text()) != _command(market, overrides, population)[1:]:
+        raise SystemExit(f"suite: {run_dir} holds a run made with other settings; choose another --out")
+    return True
 
 
 def train_market(market: str, overrides: list[str], population: int, run_dir: Path, parallel: int) -> dict:
@@ -114,20 +120,15 @@ def run_seeds(market: str, overrides: list[str], population: int, run_dir: Path,
     metrics: the same members (seed, validation selection, single test, verdict) and the same summary."""
     seed = m_seed(overrides)
     jobs = [(run_dir / f"seed_{seed + j}", [*overrides, f"seed={seed + j}", "threads=1"]) for j in range(population)]
-    pending = [j for j in jobs if not (j[0] / "metrics.json").exists()]
+    pending = [(d, ov) for d, ov in jobs if not _finished(market, ov, 1, d)]
     running: list[subprocess.Popen] = []
-    for d, ov in jobs:
-        if (d / "metrics.json").exists():
-            run_market(market, ov, 1, d)  # checks that it was made with these settings
     while pending or running:
         while pending and len(running) < parallel:
-            d, ov = pending.pop(0)
-            running.append(_start(market, ov, 1, d))
-        proc = running.pop(0)
-        _finish(proc)
+            running.append(_start(market, pending[0][1], 1, pending.pop(0)[0]))
+        _finish(running.pop(0))
     members = []
     for d, ov in jobs:
-        m = run_market(market, ov, 1, d)
+        m = json.loads((d / "metrics.json").read_text())
         members.append({"seed": m_seed(ov), "test": m["test"], "val": m["val"], "verdict": m["verdict"]})
     return {"members": members, "population": population_verdict([m["verdict"] for m in members]), "separate": True}
 
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
     started, rows = time.time(), []
+    TRAINED.clear()
     for m in markets:
         metrics = train_market(m, cand, args.population, args.out / "candidate" / m, args.parallel)
         against = None if base is None else train_market(m, base, args.population, args.out / "baseline" / m,
