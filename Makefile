@@ -21,7 +21,7 @@ train: $(STAMP)  ## train on TSLA daily with the defaults, then report the test 
 	$(PYTHON) -m src.train $(ARGS)
 
 test: $(STAMP)  ## run the whole test suite (unit, env checks, SB3 smoke, end-to-end CLI)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 
 test-fast: $(STAMP)  ## the suite without the slow end-to-end tests
 	$(PYTHON) -m pytest -q -m "not slow"
