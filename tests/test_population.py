@@ -26,7 +26,17 @@ def _resolved(cfg) -> dict:
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
-def _fit(module, root, max_steps: int = 8):
+class _Snapshots(L.Callback):
+    """The model's weights at every validation (what a separate run's ModelCheckpoint would have kept)."""
+
+    def __init__(self) -> None:
+        self.weights: list[dict] = []
+
+    def on_validation_end(self, trainer, module) -> None:
+        self.weights.append({n: w.detach().clone() for n, w in module.model.state_dict().items()})
+
+
+def _fit(module, root, max_steps: int = 8, callbacks=()):
     trainer = L.Trainer(
         default_root_dir=root,  # where validation writes val_history.csv
         accelerator="cpu",
@@ -37,6 +47,7 @@ def _fit(module, root, max_steps: int = 8):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=list(callbacks),
     )
     trainer.fit(module)
     return module
@@ -65,14 +76,15 @@ def float32_newton_schulz(monkeypatch):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_population_members_train_as_their_own_runs(tmp_path, optimizer, request):
-    """Member k of ``population=3 seed=5`` ends with the weights, and validates with the Sharpe ratios at every
-    check, of the run ``seed=5+k``: initialisation, episodes, sampled actions, minibatches, value statistics,
-    clipping and optimizer state all per member."""
+    """Member k of ``population=3 seed=5`` ends with the weights, validates with the Sharpe ratios at every
+    check, selects the check and earns the test result of the run ``seed=5+k``: initialisation, episodes,
+    sampled actions, minibatches, value statistics, clipping, optimizer state and selection all per member."""
     if optimizer == "muon":
         request.getfixturevalue("float32_newton_schulz")
     cut = "env.episode_length=20"  # episodes cut inside a rollout: the final states valued by their own member
     pop = _population(tmp_path, f"optimizer={optimizer}", "population_chunk=2", cut)  # chunks: members 0-1, then 2
     assert pop.env_steps == K * 2 * 8 * 32 and pop.global_step == 8
+    tested, selected = pop.test_members(), []
     for k in range(K):
         cfg = compose_cfg([*TINY, f"optimizer={optimizer}", f"seed={SEED + k}", cut], tmp_path)
         torch.manual_seed(SEED + k)  # what train.py's seed_everything does before building the module
@@ -80,7 +92,8 @@ def test_population_members_train_as_their_own_runs(tmp_path, optimizer, request
                      action_range=tuple(float(x) for x in pop.market.position_limits)).state_dict()  # fmt: skip
         torch.manual_seed(SEED + k)
         (tmp_path / f"own{k}").mkdir()
-        own = _fit(PPOModule(_resolved(cfg), build(cfg.env)), tmp_path / f"own{k}")
+        snaps = _Snapshots()
+        own = _fit(PPOModule(_resolved(cfg), build(cfg.env)), tmp_path / f"own{k}", callbacks=[snaps])
         mine, theirs = pop.model.member_state(k), own.model.state_dict()
         for name, w in theirs.items():
             assert float((w - init[name]).abs().max()) > 1e-5, f"{name} did not train"
@@ -91,6 +104,14 @@ def test_population_members_train_as_their_own_runs(tmp_path, optimizer, request
                                    rtol=0, atol=1e-4)  # fmt: skip
         best = max(range(len(own_val)), key=lambda i: (own_val[i], -i))  # the first check of the highest Sharpe
         assert int(pop.model.best_step[k]) == own.val_history[best]["gradient_steps"]
+        selected.append(best)
+        own.model.load_state_dict(snaps.weights[best])  # the separate run's selected weights, tested once
+        own_test = own._evaluate("test")["agent"].metrics
+        pop_test = tested[k]["test"]["agent"].metrics
+        for key in ("sharpe", "total_return", "max_drawdown"):
+            assert pop_test[key] == pytest.approx(own_test[key], abs=1e-4), f"member {k}: test {key}"
+    assert 0 in selected and 1 in selected  # some members select the first check, some the last: the test
+    # results above tell the selected weights from the final ones
 
 
 def test_a_member_trains_on_its_own_data_only(tmp_path):
@@ -190,3 +211,29 @@ def test_values_of_rows_in_any_order_are_their_own_members():
     want = torch.stack([members[int(m)].value(Obs(market[i : i + 1], position[i : i + 1]))[0] for i, m in
                         enumerate(member)])  # fmt: skip
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_each_member_keeps_its_own_best_check_as_a_checkpoint_would(tmp_path):
+    """``keep_best`` per member, with ModelCheckpoint's rule (mode max): the first check always selects, a later
+    one only when strictly better (a tie keeps the earlier), a NaN Sharpe never beats a number; the weights
+    kept are that member's weights at that check."""
+    from src.population import MemberStreams, Population
+
+    cfg = compose_cfg(TINY, tmp_path)
+    members = []
+    for k in range(3):
+        torch.manual_seed(k)
+        members.append(build(cfg.model, num_features=4, window=8, action_range=(-1.0, 1.0)))
+    pop = Population(members, MemberStreams.seeded([0, 1, 2], "cpu"))
+    name = pop.names[0]
+
+    def check(sharpes: list[float], step: int) -> list[bool]:
+        with torch.no_grad():
+            pop.params()[name].fill_(step)  # mark every member's weights with the step
+        return pop.keep_best(torch.tensor(sharpes, dtype=torch.float64), step).tolist()
+
+    assert check([float("nan"), 0.5, 1.0], 10) == [True, True, True]  # the first check selects, even a NaN
+    assert check([-3.0, 0.5, float("nan")], 20) == [True, False, False]  # a number beats NaN; a tie keeps the first
+    assert check([float("nan"), 0.7, 0.9], 30) == [False, True, False]
+    assert pop.best_step.tolist() == [20, 30, 10]
+    assert [float(pop.member_state(k, best=True)[name].flatten()[0]) for k in range(3)] == [20.0, 30.0, 10.0]
