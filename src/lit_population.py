@@ -59,6 +59,9 @@ def check_population(cfg) -> int:
         raise ConfigError(f"population={k} with an ensemble is not supported (each member is one actor-critic)")
     if cfg["algo"].get("target_kl") is not None:
         raise ConfigError(f"population={k}: algo.target_kl stops every member's epochs together; set it to null")
+    if float((cfg.get("model") or {}).get("dropout", 0.0) or 0.0) > 0:
+        raise ConfigError(f"population={k}: model.dropout must be 0 (dropout masks would not come from each "
+                          "member's own random stream)")  # fmt: skip
     if cfg.get("compile"):
         raise ConfigError(f"population={k}: compile=true is not supported (the members already run batched)")
     name = str(cfg["optimizer"]["_target_"]).rsplit(".", 1)[-1]

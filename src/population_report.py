@@ -44,7 +44,7 @@ def population_verdict(judged: list[dict], level: float = 0.95) -> dict:
         f"beat buy-and-hold at the {pct} level one by one, {beat_holm} after Holm's correction for {len(t)} tests"
         + (
             f" (member{'s' * (beat_holm > 1)} {', '.join(map(str, winners))}): at least one seed of this configuration "
-            "beat buy-and-hold; whether the configuration does is what the interval of the mean says."
+            "beat buy-and-hold on this period."
             if beat_holm
             else ": no member beat buy-and-hold."
         )
@@ -131,7 +131,9 @@ def write_population_outputs(
         pop["sentence"],
         "",
         "The interval is over members: it says how much training randomness moves the test Sharpe on this one "
-        "period, not how the market could have gone (all members face the same bars). Each member's p-value is the "
+        "period, not how the market could have gone (all members face the same bars): an interval of the mean above "
+        "buy-and-hold's Sharpe says other seeds would land there too on these bars, not that the configuration beats "
+        "holding the asset in another period. Each member's p-value is the "
         "one-sided paired test of its Sharpe against buy-and-hold's on the same bars (Ledoit & Wolf 2008); Holm's "
         "correction keeps the chance of any false 'beat' at 5% across the members, whatever their correlation.",
         "",

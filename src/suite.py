@@ -29,7 +29,8 @@ from src.errors import ConfigError
 from src.lit_population import check_population
 from src.population_report import population_verdict
 from src.reporting import atomic_write
-from src.stats import holm, mean_interval, min_detectable_difference, paired_difference
+from src.stats import holm, mean_interval, paired_difference
+from src.suite_report import report
 
 MARKETS = ("momentum", "mean_reversion", "ou_trend", "regime", "vol_clustering", "null_market")
 TICKERS = ("tsla",)
@@ -73,7 +74,15 @@ def run_market(market: str, overrides: list[str], population: int, run_dir: Path
     was made with the same overrides (an interrupted suite continues where it stopped)."""
     if not _finished(market, overrides, population, run_dir):
         _finish(_start(market, overrides, population, run_dir))
-    return json.loads((run_dir / "metrics.json").read_text())
+    return {**json.loads((run_dir / "metrics.json").read_text()), "runs": [provenance(run_dir)]}
+
+
+def provenance(run_dir: Path) -> dict:
+    """What a run was made from (its run_info.json): code revision, data hash and costs, test bars, bar size."""
+    info = json.loads((run_dir / "run_info.json").read_text())
+    data = info["data"]
+    return {"revision": info.get("git_revision") or "unknown", "data": data["sha256"], "costs": data["costs"],
+            "test_bars": int(data["test"]["bars"]), "bars_per_year": float(data["bars_per_year"])}  # fmt: skip
 
 
 def _finished(market: str, overrides: list[str], population: int, run_dir: Path) -> bool:
@@ -130,7 +139,8 @@ def run_seeds(market: str, overrides: list[str], population: int, run_dir: Path,
     for d, ov in jobs:
         m = json.loads((d / "metrics.json").read_text())
         members.append({"seed": m_seed(ov), "test": m["test"], "val": m["val"], "verdict": m["verdict"]})
-    return {"members": members, "population": population_verdict([m["verdict"] for m in members]), "separate": True}
+    return {"members": members, "population": population_verdict([m["verdict"] for m in members]), "separate": True,
+            "runs": [provenance(d) for d, _ in jobs]}  # fmt: skip
 
 
 def market_oracle(market: str, overrides: list[str]) -> float:
@@ -147,18 +157,28 @@ def member_sharpes(metrics: dict) -> list[float]:
 
 
 TRAINED: list[Path] = []  # the runs this invocation trained (the others were reused)
-EDGE = 0.25  # an oracle share needs an oracle this much above 0 (the share) and above buy-and-hold (the excess share)
+EDGE = 0.25  # an oracle share needs an oracle Sharpe this much above 0
+GAP = 0.5  # an excess share needs an oracle this much above buy-and-hold (a smaller gap makes the ratio noise)
 
 
-def nonzero_holm(metrics: dict, alpha: float = 0.05) -> int:
-    """Members whose test Sharpe differs from 0 (two-sided, from the probabilistic Sharpe ratio against 0), after
-    Holm's correction over the members: what the null market's row must show as 0."""
+def edge_holm(metrics: dict, alpha: float = 0.05) -> int:
+    """Members whose test Sharpe is above 0 (one-sided, from the probabilistic Sharpe ratio against 0), after
+    Holm's correction over the members: what the null market's row must show as 0 (a member that only loses its
+    costs there is no leak, so the test is one-sided)."""
     p = []
     for m in metrics["members"]:
-        psr = float(m["verdict"]["test"]["psr_vs_zero"])  # P(true Sharpe > 0): exactly 0 for a member that never
-        flat = float(m["test"]["agent"]["annual_volatility"]) == 0  # traded, whose Sharpe is 0, not "differs"
-        p.append(1.0 if flat else 2 * min(psr, 1 - psr))
+        psr = float(m["verdict"]["test"]["psr_vs_zero"])  # P(true Sharpe > 0); a member that never traded has
+        flat = float(m["test"]["agent"]["annual_volatility"]) == 0  # Sharpe 0 exactly, not an edge
+        p.append(1.0 if flat else 1 - psr)
     return sum(x <= alpha for x in holm(p))
+
+
+def edge_threshold(test_bars: int, bars_per_year: float, k: int, alpha: float = 0.05) -> float:
+    """About the smallest annualised test Sharpe that :func:`edge_holm` flags in a member (Holm's first step,
+    one-sided alpha / k; normal returns): what the null row can and cannot see."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - alpha / k) * (bars_per_year / (test_bars - 1)) ** 0.5)
 
 
 def row(market: str, metrics: dict, oracle: float, baseline: dict | None) -> dict:
@@ -166,49 +186,23 @@ def row(market: str, metrics: dict, oracle: float, baseline: dict | None) -> dic
     pop = metrics["population"]
     bh = pop["buy_and_hold_sharpe"]
     out = {"market": market, "oracle_sharpe": oracle, "buy_and_hold_sharpe": bh, "test_sharpe": mean_interval(s),
-           "members": len(s), "beat_bh_holm": pop["beat_buy_and_hold_holm"], "nonzero_holm": nonzero_holm(metrics),
-           "member_sharpes": s, "separate": bool(metrics.get("separate"))}  # fmt: skip
+           "members": len(s), "beat_bh_holm": pop["beat_buy_and_hold_holm"], "edge_holm": edge_holm(metrics),
+           "member_sharpes": s, "separate": bool(metrics.get("separate")), "runs": metrics.get("runs", [])}  # fmt: skip
     t = out["test_sharpe"]
     out["oracle_share"] = {k: t[k] / oracle for k in ("mean", "low", "high")} if oracle > EDGE else None
     gap = oracle - bh  # what knowing the edge adds to holding the asset
-    edge = oracle > EDGE and gap > EDGE  # none where the oracle earns nothing (the null market stays flat)
+    edge = oracle > EDGE and gap > GAP  # none where the oracle earns nothing (the null market stays flat)
     out["excess_share"] = {k: (t[k] - bh) / gap for k in ("mean", "low", "high")} if edge else None
     if baseline is not None:
+        data = {(r["data"], json.dumps(r["costs"], sort_keys=True)) for r in [*out["runs"], *baseline.get("runs", [])]}
+        if len(data) > 1:
+            raise SystemExit(f"suite: on {market} the candidate and the baseline ran on different data or "
+                             "costs; they cannot be paired (give env.* overrides to both, as shared ones)")  # fmt: skip
         b = member_sharpes(baseline)
         out["baseline_sharpe"] = mean_interval(b)
         out["baseline_separate"] = bool(baseline.get("separate"))
         out["difference"] = paired_difference(s, b)
     return out
-
-
-def _f(x: float, digits: int = 2) -> str:
-    return "n/a" if x != x else f"{x:+.{digits}f}" if digits else f"{x:.0f}"
-
-
-def _share(x: dict | None) -> str:
-    return f"{x['mean']:.0%} [{x['low']:.0%}, {x['high']:.0%}]" if x else "n/a"
-
-
-def table(rows: list[dict], baseline: bool) -> str:
-    head = ("| market | oracle Sharpe | buy-and-hold | test Sharpe, mean [95% CI] | oracle share | excess share "
-            "| > B&H (Holm) | ≠ 0 (Holm) |")  # fmt: skip
-    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
-    if baseline:
-        head += " baseline, mean | difference [95% CI] | p | p (Holm, markets) | detectable |"
-        rule += "---:|---:|---:|---:|---:|"
-        adjusted = holm([r["difference"]["p_value"] for r in rows])
-    lines = [head, rule]
-    for i, r in enumerate(rows):
-        t, n = r["test_sharpe"], r["members"]
-        line = (f"| {r['market']} | {_f(r['oracle_sharpe'])} | {_f(r['buy_and_hold_sharpe'])} | {_f(t['mean'])} "
-                f"[{_f(t['low'])}, {_f(t['high'])}] | {_share(r['oracle_share'])} | {_share(r['excess_share'])} "
-                f"| {r['beat_bh_holm']}/{n} | {r['nonzero_holm']}/{n} |")  # fmt: skip
-        if baseline:
-            d = r["difference"]
-            line += (f" {_f(r['baseline_sharpe']['mean'])} | {_f(d['mean'])} [{_f(d['low'])}, {_f(d['high'])}] | "
-                     f"{d['p_value']:.3f} | {adjusted[i]:.3f} | {d['detectable']:.2f} |")  # fmt: skip
-        lines.append(line)
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -229,6 +223,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*", help="overrides of both configurations (budget, env keys, seed, trainer)")
     args = ap.parse_args(argv)
     markets = [m for m in args.markets.split(",") if m] + (list(TICKERS) if args.tickers else [])
+    for name, given in (("--candidate", args.candidate), ("--baseline", args.baseline or "")):
+        own_env = [o for o in shlex.split(given) if o.lstrip("+~").startswith("env.")]
+        if own_env:
+            raise SystemExit(f"suite: {name} sets {own_env[0]}: the market must be the same for both arms (and its "
+                             "oracle); give env.* overrides as shared overrides, after the options")  # fmt: skip
     cand = [*args.overrides, *shlex.split(args.candidate)]
     base = [*args.overrides, *shlex.split(args.baseline)] if args.baseline is not None else None
     args.out.mkdir(parents=True, exist_ok=True)
@@ -242,56 +241,15 @@ def main(argv: list[str] | None = None) -> None:
                                                          args.parallel)  # fmt: skip
         rows.append(row(m, metrics, market_oracle(m, args.overrides), against))
     cmd = shlex.join(["python", "-m", "src.suite", *(argv if argv is not None else sys.argv[1:])])
-    text = report(rows, cmd, args, base, time.time() - started)
+    conf = {"population": args.population, "seed": m_seed(args.overrides), "arm": arm([]), "shared": args.overrides,
+            "candidate": args.candidate, "baseline": base, "out": args.out, "edge": EDGE, "gap": GAP,
+            "threshold": edge_threshold}  # fmt: skip
+    text = report(rows, cmd, conf, time.time() - started, len(TRAINED))
     atomic_write(args.out / "suite.json", json.dumps(rows, indent=1, default=float) + "\n")
     atomic_write(args.out / "suite.md", text)
     if args.report:
         atomic_write(args.report, text)
     print(text)
-
-
-def report(rows: list[dict], cmd: str, args, base: list[str] | None, seconds: float) -> str:
-    k = args.population
-    seed = m_seed(args.overrides)
-    lines = ["# Planted-signal suite", "", "Command:", "", "```", cmd, "```", "",
-             f"Configuration: the defaults of `src/suite.py` ({' '.join(arm([]))}) then "
-             f"`{' '.join([*args.overrides, args.candidate]).strip() or '(none)'}`; population={k} (seeds "
-             f"{seed}..{seed + k - 1}) on every market; runs under `{args.out}`; {len(TRAINED)} runs trained in "
-             f"{seconds / 60:.0f} min (finished runs of the same settings are reused).", "",
-             table(rows, base is not None), ""]  # fmt: skip
-    sds = [r["test_sharpe"]["std"] for r in rows if r["test_sharpe"]["std"] == r["test_sharpe"]["std"]]
-    if sds:
-        sd = sum(sds) / len(sds)
-        lines.append(f"With {k} members and a typical member spread of {sd:.2f} Sharpe, a difference between two "
-                     f"configurations' mean test Sharpe smaller than {min_detectable_difference(sd, k):.2f} "
-                     "(two-sided 5%, 80% power, unpaired) is not detectable on one market.")  # fmt: skip
-    lines += [
-        "",
-        f"Oracle share: the members' mean test Sharpe (and its interval) over the oracle's, where the oracle "
-        f"earns more than {EDGE}. Excess share: (agent - buy-and-hold) / (oracle - buy-and-hold), where the "
-        f"oracle beats buy-and-hold by more than {EDGE}: the part of what knowing the edge adds that the agent "
-        "captured (a long-only agent scores 0% there, however high its Sharpe). The intervals are over members "
-        "(training randomness) on one test period; the oracle and buy-and-hold go through the same env and "
-        "costs. '> B&H': members beating buy-and-hold in the paired test after Holm over the members; '≠ 0': "
-        "members whose test Sharpe differs from 0 (two-sided, from the probabilistic Sharpe ratio) after Holm.",
-        "",
-        "The null market has no edge: its '≠ 0' must read 0 of K (Holm holds the chance that any member shows an "
-        "edge there to 5%, however the members are correlated). If it does not, suspect a leak, a cost not charged "
-        "or one lucky path (rerun with another env.seed) before trusting any other row. Its mean's interval need "
-        "not cover 0: all members are tested on one path, whose drift rewards any common lean.",
-    ]
-    for arm_name, key in (("candidate", "separate"), ("baseline", "baseline_separate")):
-        apart = [r["market"] for r in rows if r.get(key)]
-        if apart:
-            lines += ["", f"The {arm_name} cannot train as one population (an add-on, an ensemble or another "
-                      f"algorithm: src/lit_population.py), so on {', '.join(apart)} its {k} seeds ran as {k} separate "
-                      "runs, one thread each: the same seeds, selection and single test."]  # fmt: skip
-    if base is not None:
-        lines += ["", f"Baseline: `{' '.join(base) or '(the defaults)'}`, the same markets and seeds; difference = "
-                  "candidate - baseline member by member (paired t over seeds, conditional on each market's one test "
-                  "path); 'p (Holm, markets)': adjusted over the markets; 'detectable': the smallest true difference "
-                  "this design detects with 80% power at 5%."]  # fmt: skip
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ def test_population_run_reports_every_member_and_their_interval(tiny_cfg, tmp_pa
 @pytest.mark.parametrize(
     "override",
     ["replay=uniform", "curiosity=rnd", "augmentation=jitter", "optimizer=shampoo", "algo.target_kl=0.02",
-     "ensemble=three"],
+     "ensemble=three", "model.dropout=0.1"],
 )  # fmt: skip
 def test_a_population_refuses_what_it_cannot_train_per_member(tiny_cfg, tmp_path, override, capsys):
     with pytest.raises((ConfigError, SystemExit)) as e:

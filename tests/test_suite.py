@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from src.data.planted import KINDS, oracle_results, planted_returns
-from src.suite import MARKETS, main, nonzero_holm, row
+from src.suite import MARKETS, edge_holm, edge_threshold, main, row
 from src.utils import build
 from tests.conftest import TINY, compose_cfg
 
@@ -94,15 +94,37 @@ def _member(sharpe: float, psr: float, vol: float) -> dict:
     return {"verdict": {"test": {"psr_vs_zero": psr}}, "test": {"agent": {"sharpe": sharpe, "annual_volatility": vol}}}
 
 
-def test_a_member_that_never_traded_shows_no_edge_and_a_flat_oracle_no_share():
-    """A flat member's PSR is exactly 0 (its Sharpe is 0 and known): it must not count as a Sharpe that differs from
-    0; the null market's flat oracle gives neither share, however far buy-and-hold is below it."""
-    metrics = {"members": [_member(0.0, 0.0, 0.0), _member(3.0, 0.999, 0.1)],
+def test_the_edge_count_is_one_sided_and_a_member_that_never_traded_shows_none():
+    """A flat member's PSR is exactly 0 (its Sharpe is 0 and known) and a member that only lost its costs has
+    PSR near 0: neither is an edge (one-sided); a member with PSR 0.999 is, after Holm over the three
+    (p 0.001 x 3). The null market's flat oracle gives neither share, however far buy-and-hold is below it."""
+    metrics = {"members": [_member(0.0, 0.0, 0.0), _member(3.0, 0.999, 0.1), _member(-3.0, 0.001, 0.1)],
                "population": {"buy_and_hold_sharpe": -0.6, "beat_buy_and_hold_holm": 0}}  # fmt: skip
-    assert nonzero_holm(metrics) == 1  # the trading member (p 0.002, Holm 0.004); the flat one is p = 1
+    assert edge_holm(metrics) == 1
     r = row("null_market", metrics, 0.0, None)
     assert r["oracle_share"] is None and r["excess_share"] is None
-    assert row("momentum", metrics, 2.0, None)["excess_share"]["mean"] == pytest.approx((1.5 + 0.6) / 2.6)
+    assert row("momentum", metrics, 2.0, None)["excess_share"]["mean"] == pytest.approx(
+        (0.0 + 0.6) / 2.6
+    )  # mean of 0, 3, -3
+    assert row("momentum", metrics, -0.2, None)["excess_share"] is None  # oracle 0.4 above B&H: a ratio of noise
+    # Holm's first step over 8 members, one-sided: z(1 - 0.05 / 8) = 2.4977 x sqrt(252 / 445) = 1.880
+    assert edge_threshold(446, 252.0, 8) == pytest.approx(1.880, abs=1e-3)
+
+
+def test_arms_on_different_markets_are_refused(tmp_path):
+    """Pairing needs one market and one oracle: an env.* override of one arm is refused before anything trains,
+    and runs whose data or costs differ are never paired."""
+    with pytest.raises(SystemExit, match="--candidate sets env.costs.spread_bps"):
+        main(["--markets", "momentum", "--out", str(tmp_path), "--baseline", "",
+              "--candidate", "env.costs.spread_bps=10"])  # fmt: skip
+    assert not (tmp_path / "candidate").exists()
+    one = {"data": "a", "costs": {"spread_bps": 2.0}}
+    metrics = {"members": [_member(1.0, 0.9, 0.1)] * 2, "runs": [one],
+               "population": {"buy_and_hold_sharpe": 0.0, "beat_buy_and_hold_holm": 0}}  # fmt: skip
+    assert row("momentum", metrics, 2.0, metrics)["difference"]["mean"] == 0
+    other = {**metrics, "runs": [{**one, "costs": {"spread_bps": 10.0}}]}
+    with pytest.raises(SystemExit, match="different data or costs"):
+        row("momentum", metrics, 2.0, other)
 
 
 def test_a_configuration_a_population_cannot_train_runs_its_seeds_separately(tmp_path):

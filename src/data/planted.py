@@ -17,7 +17,8 @@ decides, so an agent that trades less can beat it on a path: it is the edge's re
   knows the current one (an upper bound on what a lagged observer can know).
 - ``vol_clustering``: GARCH(1,1) returns with a small drift ``strength`` (long-run std ``vol``); the oracle is long
   and sizes by the predicted variance (``mu`` is constant, ``sigma_{t+1}`` known at t).
-- ``null``: iid returns with no drift: no edge. The oracle stays flat; an agent's test Sharpe must be ~0.
+- ``null``: iid returns with no drift: no edge. The oracle stays flat; no agent's test Sharpe may be significantly
+  above 0 (one test path's drift can still reward a lean that all members share).
 
 The oracle's Sharpe is measured after costs through the same env and accounting as the agent's
 (:func:`oracle_results`), never assumed.
