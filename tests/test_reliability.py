@@ -24,6 +24,7 @@ from src.data import build_market
 from src.errors import ConfigError
 from src.evaluation import model_policy, run_policies
 from src.models.actor_critic import mlp_actor_critic
+from src.suite import edge_holm
 from src.train import train
 from tests.conftest import ROOT, TINY, compose_cfg
 from tests.helpers import Killed
@@ -481,24 +482,29 @@ RANDOM_WALK = [
 ]
 
 
-def _pooled_t(tmp_path: Path, seeds: range, *extra: str) -> tuple[float, list[float]]:
-    """t-statistic of the mean per-bar test return pooled over runs, and each run's test Sharpe."""
-    rets, sharpes = [], []
+def _pooled_t(tmp_path: Path, seeds: range, *extra: str) -> tuple[float, list[float], dict]:
+    """t-statistic of the mean per-bar test return pooled over runs, each run's test Sharpe, and the runs as the
+    members of a population (what the suite's edge count reads)."""
+    rets, sharpes, members = [], [], []
     tiny = [o for o in TINY if not o.startswith("model.") or o.startswith("model.head")]
     for s in seeds:
         run = tmp_path / f"s{s}"
         run.mkdir(parents=True)
         train(compose_cfg([*tiny, *RANDOM_WALK, f"env.seed={100 + s}", f"seed={s}", *extra], run))
         rets.append(pd.read_csv(run / "trades_test.csv")["net_return"].to_numpy())
-        sharpes.append(json.loads((run / "metrics.json").read_text())["test"]["agent"]["sharpe"])
+        members.append(json.loads((run / "metrics.json").read_text()))
+        sharpes.append(members[-1]["test"]["agent"]["sharpe"])
     r = np.concatenate(rets)
-    return float(r.mean() / r.std(ddof=1) * np.sqrt(len(r))), sharpes
+    return float(r.mean() / r.std(ddof=1) * np.sqrt(len(r))), sharpes, {"members": members}
 
 
 def test_random_walk_gives_no_significant_test_sharpe_and_a_leak_would(tmp_path):
     """(c) On a driftless random walk the trained agent's pooled test P&L is indistinguishable from zero;
-    (d) the same statistic with the next bar's return leaked into the observation is far from zero."""
-    t_null, sharpes = _pooled_t(tmp_path / "null", range(4))
+    (d) the same statistic with the next bar's return leaked into the observation is far from zero. The suite's
+    null-row check (members with an edge after Holm) reads 0 of 4 on the first and flags both leaky runs."""
+    t_null, sharpes, null = _pooled_t(tmp_path / "null", range(4))
     assert abs(t_null) < 3.0, (t_null, sharpes)
-    t_leak, leak_sharpes = _pooled_t(tmp_path / "leak", range(2), "+env.leak_next_return=true")
+    assert edge_holm(null) == 0
+    t_leak, leak_sharpes, leak = _pooled_t(tmp_path / "leak", range(2), "+env.leak_next_return=true")
     assert t_leak > 8.0 and min(leak_sharpes) > 5.0, (t_leak, leak_sharpes)
+    assert edge_holm(leak) == 2
