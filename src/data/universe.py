@@ -1,0 +1,129 @@
+"""A universe: several single-asset markets on one calendar split, for one policy trained across them.
+
+Every ticker is loaded and validated as a :class:`src.data.market.Market` of its own (its causal features, its
+costs) and normalised with **its own training bars only**. The split is one calendar for all: validation and
+test start on the same dates for every ticker, so no ticker's test period precedes another's training data
+(which a per-ticker 70/15/15 split would allow: a file starting in 2016 would test in 2025, one starting in 1993
+in 2021). The fractions ``env.split.train`` and ``env.split.val`` cut the period that *every* ticker covers
+(after each one's feature warm-up); a ticker's bars before that period all train, and bars after the last date
+every ticker has are not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from src.data.features import warmup_bars
+from src.data.loader import file_sha256, load_ohlcv, resolve_path
+from src.data.market import Market, build_market
+from src.errors import ConfigError, DataError
+
+__all__ = ["Universe", "load_universe", "shared_split_dates", "ticker_name"]
+
+
+@dataclass
+class Universe:
+    """The tickers' markets (same order as ``names``) and the dates where validation and test start."""
+
+    markets: list[Market]
+    val_start: pd.Timestamp
+    test_start: pd.Timestamp
+    last: pd.Timestamp  # the last date every ticker has: the end of every test period
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.markets]
+
+    def describe(self) -> dict:
+        return {
+            "tickers": self.names,
+            "val_start": str(self.val_start),
+            "test_start": str(self.test_start),
+            "last": str(self.last),
+            "markets": {m.name: m.describe() for m in self.markets},
+        }
+
+
+def ticker_name(path: str) -> str:
+    """``data/tsla_daily.csv`` -> ``tsla``: the file name up to its first underscore."""
+    return Path(path).stem.split("_", 1)[0].lower()
+
+
+def shared_split_dates(
+    calendars: dict[str, pd.DatetimeIndex], train: float, val: float
+) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
+    """Where validation and test start, and the last date, on the period every calendar covers.
+
+    The dates of that period (the union of the tickers' dates within it) are counted as one market's bars are:
+    ``int(n x train)`` train, ``int(n x val)`` validation, the rest test; validation and test start on the first
+    date of theirs.
+    """
+    if not (train > 0 and val > 0 and train + val < 1):
+        raise ConfigError(f"env.split must have train > 0, val > 0, train + val < 1, got train={train}, val={val}")
+    first_name = max(calendars, key=lambda k: calendars[k][0])
+    last_name = min(calendars, key=lambda k: calendars[k][-1])
+    first, last = calendars[first_name][0], calendars[last_name][-1]
+    if first >= last:
+        raise DataError(
+            f"universe: no period that every ticker covers: {first_name} starts on {first.date()} after "
+            f"{last_name} ends on {last.date()}"
+        )
+    dates = pd.DatetimeIndex(sorted(set().union(*(c[(c >= first) & (c <= last)] for c in calendars.values()))))
+    i_val = int(len(dates) * train)
+    i_test = i_val + int(len(dates) * val)  # as a single market's split counts its bars
+    if not 0 < i_val < i_test < len(dates):
+        raise DataError(f"universe: the common period {first.date()}..{last.date()} is too short to split")
+    return dates[i_val], dates[i_test], last
+
+
+def load_universe(
+    paths: list[str],
+    costs: dict | None = None,
+    ticker_costs: dict | None = None,
+    split: dict | None = None,
+    max_gap: str | None = None,
+    max_file_mb: float = 1024.0,
+    **kwargs,
+) -> Universe:
+    """Load every CSV of ``paths`` (names from the file names: ``tsla_daily.csv`` is ``tsla``) on one calendar
+    split; ``costs`` apply to every ticker, ``ticker_costs[<name>]`` overrides keys for one; ``kwargs`` go to
+    :func:`src.data.market.build_market` (window, fill, episode length, limits, ...)."""
+    if not paths:
+        raise ConfigError("env.paths is empty: give the universe's CSV files")
+    names = [ticker_name(p) for p in paths]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"env.paths: two files are ticker {dup!r} (names come from the file name before '_')")
+    unknown = sorted(set(ticker_costs or {}) - set(names))
+    if unknown:
+        raise ConfigError(f"env.ticker_costs: {unknown[0]!r} is not a ticker of env.paths ({', '.join(names)})")
+    split = dict(split or {"train": 0.7, "val": 0.15})
+    if set(split) - {"train", "val"}:
+        raise ConfigError(f"env.split of a universe takes the fractions train and val only, got {sorted(split)}")
+    bars = {
+        n: load_ohlcv(resolve_path(p), max_gap=max_gap, max_file_mb=max_file_mb)
+        for n, p in zip(names, paths, strict=True)
+    }
+    calendars = {n: b.index[warmup_bars() :] for n, b in bars.items()}
+    val_start, test_start, last = shared_split_dates(calendars, float(split["train"]), float(split["val"]))
+    markets = []
+    for n, p in zip(names, paths, strict=True):
+        ts = calendars[n]
+        counts = {
+            "train_bars": int((ts < val_start).sum()),
+            "val_bars": int(((ts >= val_start) & (ts < test_start)).sum()),
+            "test_bars": int(((ts >= test_start) & (ts <= last)).sum()),
+        }
+        own = {**(costs or {}), **((ticker_costs or {}).get(n) or {})}
+        try:
+            markets.append(build_market(bars[n], name=n, source=str(p), data_hash=file_sha256(resolve_path(p)),
+                                        costs=own, split=counts, **kwargs))  # fmt: skip
+        except (DataError, ConfigError) as e:
+            raise type(e)(f"universe, ticker {n}: {e}") from None
+    sizes = {m.name: m.bars_per_year for m in markets}
+    if len(set(sizes.values())) > 1:
+        raise DataError(f"universe: the tickers' bar sizes differ (bars per year {sizes}); use one bar size")
+    return Universe(markets, val_start, test_start, last)
