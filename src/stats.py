@@ -170,7 +170,14 @@ def sharpe_difference_test(
     n = len(a)
     if n < 10:
         raise ValueError(f"the paired Sharpe test needs at least 10 returns, got {n}")
-    psi, diff, scale_psi = np.zeros(n), 0.0, 0.0
+    diff, psi, scale_psi = sharpe_difference_influence(a, b)
+    return _difference_result(diff, psi, scale_psi, bars_per_year, level, bandwidth, prewhiten)
+
+
+def sharpe_difference_influence(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """Per-bar Δ = SR(a) − SR(b), its influence series ψ_t (see :func:`sharpe_difference_test`) and the
+    larger of the two series' own influence scales (what tells "the noise cancels" from "no noise")."""
+    psi, diff, scale_psi = np.zeros(len(a)), 0.0, 0.0
     for r, sign in ((a, 1.0), (b, -1.0)):
         mu, g = float(r.mean()), float(np.mean(r**2))
         var = g - mu**2
@@ -180,6 +187,14 @@ def sharpe_difference_test(
         term = sign * (g * (r - mu) - mu / 2 * (r**2 - g)) / var**1.5
         psi += term
         scale_psi = max(scale_psi, float(np.sqrt(np.mean(term**2))))
+    return diff, psi, scale_psi
+
+
+def _difference_result(
+    diff: float, psi: np.ndarray, scale_psi: float, bars_per_year: float, level: float, bandwidth, prewhiten
+) -> dict[str, float]:
+    """The annualised test of a per-bar Sharpe difference from its influence series (HAC long-run variance)."""
+    n = len(psi)
     se = 0.0
     if scale_psi > 0 and float(np.sqrt(np.mean(psi**2))) > 1e-9 * scale_psi:  # else: the noise cancels exactly
         se = math.sqrt(max(_long_run_variance(psi, bandwidth, prewhiten), 0.0) / n)

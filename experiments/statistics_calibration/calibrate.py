@@ -8,7 +8,9 @@ Every rate comes with its Clopper-Pearson 95% interval over the simulated draws.
   three nulls (equal true Sharpe ratios), its power against planted edges, and the old rule it replaced
   (PSR against buy-and-hold's sample Sharpe taken as a known constant);
 - P(DSR >= 0.95) with no skill anywhere, for one run's validation checks and for a sweep's trials, with
-  the old rules and the new (``src.stats.selection_benchmark``).
+  the old rules and the new (``src.stats.selection_benchmark``);
+- the pooled test of a universe (``src.stats_panel``) on tickers that move together, against a t-test over the
+  tickers' differences taken as independent.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from src.calibration import BARS, PAIR_KINDS, binomial_interval, paired_rates, selection_rates
+from src.stats_panel import panel_rates
 from src.utils import git_revision
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +38,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sims", type=int, default=4000, help="draws per null row (power rows: a quarter)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--load", default="Nothing else ran on the machine's two cores during the run.",
+                    help="what else ran during the run (it changes the wall time only)")  # fmt: skip
     args = ap.parse_args()
     n, seed, t0 = args.sims, args.seed, time.time()
     lines = [
@@ -47,7 +52,7 @@ def main() -> None:
         f"Revision {git_revision()}. Every rate is measured on simulated draws, with its Clopper-Pearson 95% "
         f"interval in brackets. Returns are daily-like: 2% volatility, {BARS} bars (the TSLA test period's "
         "length), buy-and-hold's true annual Sharpe 0.7. Seeds: the row's position in the table plus "
-        f"{seed}. Nothing else ran on the machine's two cores during the run.",
+        f"{seed}. {args.load}",
         "",
         "## The paired test against buy-and-hold",
         "",
@@ -115,6 +120,35 @@ def main() -> None:
         "the rules must get right is the benchmark itself, the expected maximum of the candidates: the unit "
         "tests check it against simulation to within 15%, where counting every check or counting trials misses "
         "it by 20-50% (`tests/test_significance.py`).",
+    ]
+    m = max(n // 4, 100)
+    lines += [
+        "",
+        "## The pooled test of a universe",
+        "",
+        "Nine tickers on the same 376 dates (the shipped universe's test period), buy-and-hold's true Sharpe 0.7 "
+        "on each, the agent's the same (null) or higher by the edge; the tickers share a market factor "
+        "(correlation rho between them) with t(5) shocks and the market's GARCH(1,1) volatility, each agent "
+        f"correlated 0.5 with its ticker ({m} draws each). The pooled test (`src.stats_panel`) should reject "
+        "about 5% of the time under the null; the t-test over the nine per-ticker differences treats them as "
+        "independent samples.",
+        "",
+        "| panel | pooled test rejects (nominal 5%) | interval covers (nominal 95%) | t-test over tickers rejects |",
+        "|---|---:|---:|---:|",
+    ]
+    for k, (edge, kw) in enumerate(((0.0, {}), (0.0, {"rho": 0.0}), (0.0, {"rho": 0.9}), (0.0, {"n": 1000}),
+                                    (0.5, {}), (1.0, {}))):  # fmt: skip
+        r = panel_rates(m, edge=edge, seed=seed + 40 + k, **kw)
+        what = ", ".join([f"edge {edge:+.1f}", f"rho {kw.get('rho', 0.6)}", f"{kw.get('n', 376)} dates"])
+        lines.append(f"| {what} | {_rate(r['reject'], m)} | {_rate(r['cover'], m)} | {_rate(r['naive_t'], m)} |")
+        print(lines[-1], flush=True)
+    lines += [
+        "",
+        "With an edge the rejection rate is the test's power; the t-test over tickers rejects far more often "
+        "under the null as soon as the tickers move together, which is why the pooled verdict does not use it. "
+        "The pooled test's rate rises a little above 5% (about 6-7%) on 376 dates when the tickers are "
+        "uncorrelated or move almost as one; the HAC variance of a short, fat-tailed series errs low, as the "
+        "one-ticker test's does (5.3-5.8% above).",
         "",
         f"Wall time: {time.time() - t0:.0f} s.",
     ]
