@@ -32,12 +32,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.callbacks import GracefulInterrupt, Interrupted
 from src.checkpoint import AtomicCheckpointIO
 from src.config_check import check_run, hydra_choices
+from src.data.universe import Universe
 from src.errors import ConfigError, TradelabError
 from src.lit_module import PPOModule
 from src.lit_population import PopulationModule
+from src.lit_universe import UniverseModule
 from src.population_report import write_population_outputs
 from src.profit_target import ProfitTarget
 from src.reporting import atomic_write, json_safe, write_run_outputs
+from src.universe_eval import universe_section
 from src.utils import build, command_line, count_parameters, git_revision, one_line_errors
 from src.verdict import verdict
 
@@ -189,17 +192,19 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    market = build(cfg.env)
+    data = build(cfg.env)  # a Market, or a Universe of them (env=universe)
     job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("hydra", "resume")])
     resolved = OmegaConf.to_container(job_cfg, resolve=True)
     population = int(cfg.get("population", 1) or 1)
-    module = (PopulationModule if population > 1 else PPOModule)(resolved, market)
+    universe = isinstance(data, Universe)
+    module = (UniverseModule if universe else PopulationModule if population > 1 else PPOModule)(resolved, data)
+    market = module.market  # a universe's tickers end to end
     info = {
         "command": command_line(),
         "git_revision": git_revision(),
         "seed": int(cfg.seed),
         "parameters": count_parameters(module.model),
-        "data": market.describe(),
+        "data": data.describe(),
         "torch": str(torch.__version__),
         "lightning": str(L.__version__),
     }
@@ -266,6 +271,9 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
         trainer.save_checkpoint(best)
     trainer.test(module, ckpt_path=best, verbose=False)  # loaded by AtomicCheckpointIO: allow-listed, safe
     results = {"val": module.results["val"], "test": module.results["test"]}
+    if universe:  # every ticker's table and the pooled verdict
+        summary, sections["universe"] = universe_section(module.ticker_results["test"], market.bars_per_year)
+        info["universe"] = json_safe(summary)
     if not zero:  # DDP: every rank evaluated the same weights; rank 0 writes the reports
         return float(results["val"]["agent"].metrics["sharpe"])
     info.update(

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from src.evaluation import COLUMNS, EvalResult, excess_series, ledger_metrics
+from src.stats import holm, sharpe_difference_test
 from src.stats_panel import panel_sharpe_difference_test
 
-__all__ = ["common_dates", "pooled_book", "pooled_results", "pooled_verdict"]
+__all__ = ["common_dates", "pooled_book", "pooled_results", "pooled_verdict", "universe_section"]
 
 
 def common_dates(ledgers: list[pd.DataFrame]) -> pd.DatetimeIndex:
@@ -40,10 +41,12 @@ def pooled_book(ledgers: list[pd.DataFrame]) -> pd.DataFrame:
     if len(dates) < 2:
         raise ValueError("the tickers' ledgers share fewer than 2 dates: nothing to pool")
     parts = [df.loc[dates] for df in ledgers]
-    # each book's growth from one common date to the next (over any date another ticker lacks, too)
-    level = np.stack([p["equity"].to_numpy() for p in parts], 1)  # (T, K) equity since the split's start
-    start = level[0] / np.stack([(1 + p["net_return"].iloc[0]) for p in parts])  # before the first common date
-    equity = level / start
+    # each book's growth from one common date to the next (over any date another ticker lacks, too), compounded
+    # in float64 from its returns (the float32 equity column's rounding would swamp a nearly flat book's returns)
+    level = np.stack([pd.Series(np.cumprod(1 + df["net_return"].to_numpy(np.float64)), df.index).loc[dates]
+                      for df in ledgers], 1)  # fmt: skip
+    first = np.array([1 + float(p["net_return"].iloc[0]) for p in parts])
+    equity = level / (level[0] / first)  # each book 1 before the first common date
     before = np.vstack([np.ones((1, len(parts))), equity[:-1]])  # each book's equity at the start of the bar
     w = before / before.sum(1, keepdims=True)
     out = {k: (np.stack([p[k].to_numpy() for p in parts], 1) * w).sum(1) for k in COLUMNS[1:-1]}
@@ -76,3 +79,33 @@ def pooled_verdict(per_ticker: dict[str, dict[str, EvalResult]], bars_per_year: 
 
     r = panel_sharpe_difference_test(panel("agent"), panel("buy_and_hold"), bars_per_year)
     return {"tickers": len(tickers), "dates": len(dates), **r}
+
+
+def universe_section(per_ticker: dict[str, dict[str, EvalResult]], bars_per_year: float) -> tuple[dict, list[str]]:
+    """The report's per-ticker table of one split (the agent against buy-and-hold on each ticker, paired test and
+    Holm over the tickers) and the pooled verdict; and the same as a dict for run_info.json / metrics."""
+    rows, p = {}, []
+    for t, res in per_ticker.items():
+        a, b = res["agent"], res["buy_and_hold"]
+        test = sharpe_difference_test(excess_series(a.ledger), excess_series(b.ledger), bars_per_year)
+        p.append(test["p_value"])
+        rows[t] = {"agent": a.metrics, "buy_and_hold": b.metrics, "p_value_vs_bh": test["p_value"]}
+    for r, q in zip(rows.values(), holm(p), strict=True):
+        r["p_holm"] = q
+    v = pooled_verdict(per_ticker, bars_per_year)
+    split = next(iter(per_ticker.values()))["agent"].split
+    lines = [f"## Tickers ({split} period)", "",
+             "| ticker | agent Sharpe | buy-and-hold Sharpe | agent return | buy-and-hold return | agent max drawdown "
+             "| p vs B&H | p (Holm) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for t, r in rows.items():
+        a, b = r["agent"], r["buy_and_hold"]
+        lines.append(f"| {t} | {a['sharpe']:.2f} | {b['sharpe']:.2f} | {a['total_return']:.1%} | "
+                     f"{b['total_return']:.1%} | {a['max_drawdown']:.1%} | {r['p_value_vs_bh']:.3f} | "
+                     f"{r['p_holm']:.3f} |")  # fmt: skip
+    better = "beats" if v["p_value"] <= 0.05 else "does not beat"
+    lines += ["", f"**Pooled verdict**: across the {v['tickers']} tickers on their {v['dates']} common dates the agent "
+              f"{better} buy-and-hold at the 5% level: mean Sharpe difference {v['diff']:+.2f} (95% interval "
+              f"[{v['ci_low']:+.2f}, {v['ci_high']:+.2f}], one-sided p = {v['p_value']:.3f}). The tickers' results "
+              "move together, so the interval counts their correlation date by date (src/stats_panel.py); the "
+              "per-ticker p-values are each ticker's paired test, Holm-corrected over the tickers.", ""]  # fmt: skip
+    return {"tickers": rows, "pooled_verdict": v}, lines

@@ -39,8 +39,9 @@ def test_every_option_of_every_group_composes_and_builds(tmp_path, group, option
     extra = [f"{group}={option}"] + (["env.path=data/tsla_daily.csv"] if (group, option) == ("env", "csv") else [])
     cfg = compose_cfg(extra, tmp_path)
     if group == "env":
-        market = instantiate(cfg.env)
-        assert market.num_features == 10 and market.costs.rate > 0  # every env states its own costs
+        built = instantiate(cfg.env)
+        for market in getattr(built, "markets", [built]):  # a universe: every ticker
+            assert market.num_features == 10 and market.costs.rate > 0  # every env states its own costs
     elif group == "model":
         instantiate(cfg.model, num_features=10, window=30)
     elif group == "optimizer":

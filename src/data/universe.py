@@ -32,6 +32,7 @@ class Universe:
     val_start: pd.Timestamp
     test_start: pd.Timestamp
     last: pd.Timestamp  # the last date every ticker has: the end of every test period
+    weights: str = "uniform"  # how training episodes are drawn across tickers (src/envs/universe_env.py)
 
     @property
     def names(self) -> list[str]:
@@ -86,20 +87,26 @@ def load_universe(
     split: dict | None = None,
     max_gap: str | None = None,
     max_file_mb: float = 1024.0,
+    weights: str = "uniform",
+    name: str = "universe",
     **kwargs,
 ) -> Universe:
     """Load every CSV of ``paths`` (names from the file names: ``tsla_daily.csv`` is ``tsla``) on one calendar
     split; ``costs`` apply to every ticker, ``ticker_costs[<name>]`` overrides keys for one; ``kwargs`` go to
-    :func:`src.data.market.build_market` (window, fill, episode length, limits, ...)."""
+    :func:`src.data.market.build_market` (window, fill, episode length, limits, ...); ``weights`` is how the
+    training env draws tickers (``uniform`` or ``bars``); ``name`` labels the run."""
     if not paths:
         raise ConfigError("env.paths is empty: give the universe's CSV files")
+    if weights not in ("uniform", "bars"):
+        raise ConfigError(f"env.weights must be uniform or bars, got {weights!r}")
     names = [ticker_name(p) for p in paths]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ConfigError(f"env.paths: two files are ticker {dup!r} (names come from the file name before '_')")
     unknown = sorted(set(ticker_costs or {}) - set(names))
     if unknown:
-        raise ConfigError(f"env.ticker_costs: {unknown[0]!r} is not a ticker of env.paths ({', '.join(names)})")
+        raise ConfigError(f"env.ticker_costs: {unknown[0]!r} is not a ticker of env.paths ({', '.join(names)}); "
+                          f"remove it with ~env.ticker_costs.{unknown[0]} (or all with ~env.ticker_costs)")  # fmt: skip
     split = dict(split or {"train": 0.7, "val": 0.15})
     if set(split) - {"train", "val"}:
         raise ConfigError(f"env.split of a universe takes the fractions train and val only, got {sorted(split)}")
@@ -126,4 +133,4 @@ def load_universe(
     sizes = {m.name: m.bars_per_year for m in markets}
     if len(set(sizes.values())) > 1:
         raise DataError(f"universe: the tickers' bar sizes differ (bars per year {sizes}); use one bar size")
-    return Universe(markets, val_start, test_start, last)
+    return Universe(markets, val_start, test_start, last, weights)

@@ -13,6 +13,8 @@ over every ticker's start bars, so a long history is drawn more often).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from src.data.market import Market
@@ -25,7 +27,17 @@ WEIGHTS = ("uniform", "bars")
 PER_TICKER = ("rate", "min_trade", "cash", "borrow", "margin")  # the rest of Scalars are constants
 
 
-def concatenated(universe: Universe) -> Market:
+@dataclass
+class UniverseMarket(Market):
+    """The tickers' series end to end; it describes itself as its universe (tickers, split dates, each market)."""
+
+    summary: dict = field(default_factory=dict, repr=False)
+
+    def describe(self) -> dict:
+        return self.summary
+
+
+def concatenated(universe: Universe) -> UniverseMarket:
     """The tickers' series end to end, as one market whose training split spans them all (the env keeps each
     ticker's own range); its costs are the first ticker's (the env reads every ticker's own)."""
     ms = universe.markets
@@ -36,13 +48,13 @@ def concatenated(universe: Universe) -> Market:
                 raise ConfigError(f"universe: env.{key} differs between {first.name} and {m.name}")
     cat = {k: torch.cat([getattr(m, k) for m in ms]) for k in ("features", "pre", "post", "dividend", "accrual")}
     total = len(cat["pre"])
-    return Market(
-        name="+".join(universe.names), source="universe", data_hash="+".join(m.data_hash for m in ms),
+    return UniverseMarket(
+        name=f"universe of {len(ms)}", source="universe", data_hash="+".join(m.data_hash for m in ms),
         bars=first.bars.iloc[:0], splits={"train": (0, total), "val": (total, total), "test": (total, total)},
         window=first.window, costs=first.costs, fill=first.fill, bars_per_year=first.bars_per_year,
         episode_length=first.episode_length, min_trade=first.min_trade, min_equity=first.min_equity,
         norm_mean=first.norm_mean, norm_std=first.norm_std, position_limits=first.position_limits,
-        feature_names=first.feature_names, **cat,
+        feature_names=first.feature_names, bars_per_day=first.bars_per_day, summary=universe.describe(), **cat,
     )  # fmt: skip
 
 
