@@ -199,6 +199,7 @@ def row(market: str, metrics: dict, oracle: float, baseline: dict | None) -> dic
             raise SystemExit(f"suite: on {market} the candidate and the baseline ran on different data or "
                              "costs; they cannot be paired (give env.* overrides to both, as shared ones)")  # fmt: skip
         b = member_sharpes(baseline)
+        out["baseline_runs"] = baseline.get("runs", [])
         out["baseline_sharpe"] = mean_interval(b)
         out["baseline_separate"] = bool(baseline.get("separate"))
         out["difference"] = paired_difference(s, b)

@@ -73,9 +73,10 @@ def report(rows: list[dict], cmd: str, conf: dict, seconds: float, trained: int)
         "edge there to 5%, however the members are correlated). If it does not, suspect a leak, a cost not charged "
         "or one lucky path (rerun with another env.seed) before trusting any other row. Its mean's interval need "
         "not cover 0: all members are tested on one path, whose drift rewards any common lean."
-        + (f" What this check can see: on {bars} test bars a member is flagged only from an annual Sharpe of about "
-           f"{flag:.1f}, so it catches a gross leak (the leakage canary's Sharpe is far above), not one the size of "
-           "the planted edges." if runs else ""),
+        + (f" What this check can see: on {bars} test bars a member needs an annual Sharpe of about {flag:.1f} to "
+           "be flagged (Holm's first step; members close to a flagged one then follow), so the null row catches an "
+           "edge or a leak of that size or more (the leakage canary's Sharpe is far above), not a smaller one."
+           if runs else ""),
     ]  # fmt: skip
     for arm_name, key in (("candidate", "separate"), ("baseline", "baseline_separate")):
         apart = [r["market"] for r in rows if r.get(key)]
@@ -88,9 +89,9 @@ def report(rows: list[dict], cmd: str, conf: dict, seconds: float, trained: int)
                   "candidate - baseline member by member (paired t over seeds, conditional on each market's one test "
                   "path); 'p (Holm, markets)': adjusted over the markets; 'detectable': the smallest true difference "
                   "this design detects with 80% power at 5%."]  # fmt: skip
-    revisions = Counter(r["revision"] for r in runs)
+    revisions = Counter(r["revision"] for row in rows for r in [*row.get("runs", []), *row.get("baseline_runs", [])])
     if revisions:
-        lines += ["", "Code revisions of the runs (each run's run_info.json): "
+        lines += ["", "Code revisions of the runs, both arms (each run's run_info.json): "
                   + ", ".join(f"{rev} ({n} run{'s' * (n != 1)})" for rev, n in revisions.most_common())
                   + ("." if len(revisions) == 1 else "; runs of several revisions are compared only where the "
                      "changes between them do not touch training (say so in the notes).")]  # fmt: skip
