@@ -77,3 +77,19 @@ def test_starts_are_drawn_uniformly_over_tickers_or_by_bars(universe):
     env = UniverseEnv(universe, 1, torch.Generator())
     count = (torch.maximum(env.lo, env.hi - env.max_len + 1) - env.lo + 1).float()
     torch.testing.assert_close(shares("bars"), count / count.sum(), atol=0.015, rtol=0)
+
+
+def test_a_checkpoint_refuses_a_universe_whose_data_or_order_changed(universe, tmp_path):
+    """Saved env states hold bars of the tickers laid end to end: resuming on other files, or the same files in
+    another order, would put episodes on the wrong ticker, so the checkpoint's data hash refuses it."""
+    from src.data.universe import load_universe
+    from src.envs.universe_env import concatenated
+    from src.errors import ConfigError
+    from src.lit_state import refuse_changed_data
+
+    saved = concatenated(universe).describe()["sha256"]
+    paths = [m.source for m in universe.markets]
+    refuse_changed_data(saved, concatenated(load_universe(paths, window=10, episode_length=40)), "start anew")
+    swapped = load_universe([paths[1], paths[0], paths[2]], window=10, episode_length=40)
+    with pytest.raises(ConfigError, match="the data changed"):
+        refuse_changed_data(saved, concatenated(swapped), "start anew")

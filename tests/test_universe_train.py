@@ -44,10 +44,9 @@ def test_a_universe_run_reports_every_ticker_and_the_pooled_verdict(tmp_path, pa
     costs = info["data"]["markets"]
     assert costs["bbb"]["costs"]["spread_bps"] == 50 and costs["aaa"]["costs"]["spread_bps"] == 2
     best = str(run / "checkpoints" / "best.ckpt")
-    with pytest.raises(ConfigError, match="trained on a universe"):  # no single market to re-evaluate it on
-        load_agent(best)
-    one = load_agent(best, OmegaConf.create({"_target_": "src.data.load_market", "path": paths[1]}))
-    assert one.market.name == "bbb_daily" and one.market.window == 8  # one ticker, the model's window
+    with pytest.raises(ConfigError, match="trained on a universe"):  # one ticker alone would get its own split
+        load_agent(best, OmegaConf.create({"_target_": "src.data.load_market", "path": paths[1]}))
+    assert info["data"]["sha256"] == "+".join(info["data"]["markets"][t]["sha256"] for t in ("aaa", "bbb"))
 
 
 def test_a_universe_of_one_ticker_trains_as_that_ticker_alone(tmp_path, paths):

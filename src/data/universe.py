@@ -41,6 +41,7 @@ class Universe:
     def describe(self) -> dict:
         return {
             "tickers": self.names,
+            "sha256": "+".join(m.data_hash for m in self.markets),  # every file, in order (what a resume checks)
             "val_start": str(self.val_start),
             "test_start": str(self.test_start),
             "last": str(self.last),
