@@ -49,7 +49,7 @@ class UniverseModule(PPOModule):
     def _train_env(self, gen: torch.Generator) -> UniverseEnv:
         grouped = {"episode_length": self.ppo.horizon, "group_size": self.ppo.group_size} if self.grpo else {}
         return UniverseEnv(self.universe, self.ppo.num_envs, gen, weights=self.universe.weights,
-                           compile=bool(self.cfg.get("compile")), **grouped)  # fmt: skip
+                           compile=bool(self.cfg.get("compile")), market=self.market, **grouped)  # fmt: skip
 
     def _evaluate(self, split: str, values: list[torch.Tensor] | None = None) -> dict[str, EvalResult]:
         self.model.eval()

@@ -67,6 +67,7 @@ class UniverseEnv(MarketEnv):
         generator: draws tickers and start bars.
         weights: ``uniform`` (each ticker as often) or ``bars`` (by its number of training start bars).
         episode_length, group_size, compile: as :class:`MarketEnv`.
+        market: the universe's :func:`concatenated` series, if already built (not built twice).
     """
 
     def __init__(
@@ -78,10 +79,11 @@ class UniverseEnv(MarketEnv):
         episode_length: int | None = None,
         group_size: int = 1,
         compile: bool = False,
+        market: Market | None = None,
     ) -> None:
         if weights not in WEIGHTS:
             raise ConfigError(f"env.weights must be one of {WEIGHTS}, got {weights!r}")
-        market = concatenated(universe)
+        market = concatenated(universe) if market is None else market  # the module's, when it has built one
         dev = market.device
         sizes = torch.tensor([len(m.pre) for m in universe.markets], device=dev)
         self.offsets = torch.cumsum(sizes, 0) - sizes  # each ticker's first global bar
