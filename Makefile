@@ -20,8 +20,9 @@ install: $(STAMP)  ## install torch (CPU wheel) first, then the project and its 
 train: $(STAMP)  ## train on TSLA daily with the defaults, then report the test period vs buy-and-hold (ARGS="key=value ...")
 	$(PYTHON) -m src.train $(ARGS)
 
-test: $(STAMP)  ## run the whole test suite (unit, env checks, SB3 smoke, end-to-end CLI)
-	$(PYTHON) -m pytest -q --durations=15
+PYTEST_WORKERS ?= 2
+test: $(STAMP)  ## run the whole test suite (unit, env checks, SB3 smoke, end-to-end CLI) on PYTEST_WORKERS processes
+	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=15
 
 test-fast: $(STAMP)  ## the suite without the slow end-to-end tests
 	$(PYTHON) -m pytest -q -m "not slow"

@@ -239,7 +239,7 @@ class PPOModule(EvaluationHooks, CheckpointHooks, StepHooks, L.LightningModule):
         self.model.train()
         b = self.buf
         self.last_train_returns = b.net_return  # per-bar net returns of this rollout (the curriculum's Sharpe)
-        self.env_steps += self.buf.actions.numel()  # p.batch_size, times the members of a population
+        self.env_steps += self.buf.rewards.numel()  # p.batch_size, times the members of a population
         self.iterations += 1
         ep_log = self._episode_log_returns(b)
         fault = first_nonfinite(

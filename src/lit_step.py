@@ -131,8 +131,8 @@ class StepHooks:
             {
                 "charts/learning_rate": groups[0]["lr"],
                 "charts/env_steps": float(self.env_steps),
-                "charts/sps": b.actions.numel() / max(rollout_s + update_s, 1e-9),
-                "charts/rollout_sps": b.actions.numel() / max(rollout_s, 1e-9),
+                "charts/sps": b.rewards.numel() / max(rollout_s + update_s, 1e-9),
+                "charts/rollout_sps": b.rewards.numel() / max(rollout_s, 1e-9),
                 "train/reward_mean": b.rewards.mean(),
                 "train/position_abs_mean": b.actions.abs().mean(),
                 "train/turnover_mean": b.turnover.mean(),

@@ -33,8 +33,9 @@ TABLE_METRICS = (
     ("turnover", "turnover / yr", "num"),
     ("exposure", "exposure", "pct"),
 )
-NAMES = ("agent", "buy_and_hold", "max_long", "flat")
-LABELS = {"agent": "agent", "buy_and_hold": "buy and hold", "max_long": "max long within limits", "flat": "flat"}
+NAMES = ("agent", "buy_and_hold", "max_long", "one_over_n", "flat")  # one_over_n: a portfolio's 1/N, monthly
+LABELS = {"agent": "agent", "buy_and_hold": "buy and hold", "max_long": "max long within limits",
+          "one_over_n": "1/N monthly", "flat": "flat"}  # fmt: skip
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:

@@ -32,12 +32,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.callbacks import GracefulInterrupt, Interrupted
 from src.checkpoint import AtomicCheckpointIO
 from src.config_check import check_run, hydra_choices
+from src.data.portfolio import PortfolioMarket
 from src.data.universe import Universe
 from src.errors import ConfigError, TradelabError
 from src.lit_module import PPOModule
 from src.lit_population import PopulationModule
+from src.lit_portfolio import PortfolioModule
 from src.lit_universe import UniverseModule
 from src.population_report import write_population_outputs
+from src.portfolio_eval import portfolio_section
 from src.profit_target import ProfitTarget
 from src.reporting import atomic_write, json_safe, write_run_outputs
 from src.universe_eval import universe_section
@@ -196,8 +199,9 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("hydra", "resume")])
     resolved = OmegaConf.to_container(job_cfg, resolve=True)
     population = int(cfg.get("population", 1) or 1)
-    universe = isinstance(data, Universe)
-    module = (UniverseModule if universe else PopulationModule if population > 1 else PPOModule)(resolved, data)
+    universe, portfolio = isinstance(data, Universe), isinstance(data, PortfolioMarket)
+    kind = UniverseModule if universe else PortfolioModule if portfolio else None
+    module = (kind or (PopulationModule if population > 1 else PPOModule))(resolved, data)
     market = module.market  # a universe's tickers end to end
     info = {
         "command": command_line(),
@@ -274,6 +278,10 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     if universe:  # every ticker's table and the pooled verdict
         summary, sections["universe"] = universe_section(module.ticker_results["test"], market.bars_per_year)
         info["universe"] = json_safe(summary)
+    if portfolio:  # the agent against 1/N, the baselines and every asset
+        test = module.results["test"]
+        summary, sections["portfolio"] = portfolio_section(test, module.asset_results["test"], market.bars_per_year)
+        info["portfolio"] = json_safe(summary)
     if not zero:  # DDP: every rank evaluated the same weights; rank 0 writes the reports
         return float(results["val"]["agent"].metrics["sharpe"])
     info.update(

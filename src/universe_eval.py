@@ -18,7 +18,7 @@ from src.evaluation import COLUMNS, EvalResult, excess_series, ledger_metrics
 from src.stats import holm, sharpe_difference_test
 from src.stats_panel import panel_sharpe_difference_test
 
-__all__ = ["common_dates", "pooled_book", "pooled_results", "pooled_verdict", "universe_section"]
+__all__ = ["common_dates", "on_dates", "pooled_book", "pooled_results", "pooled_verdict", "universe_section"]
 
 
 def common_dates(ledgers: list[pd.DataFrame]) -> pd.DatetimeIndex:
@@ -69,13 +69,25 @@ def pooled_results(per_ticker: dict[str, dict[str, EvalResult]], bars_per_year: 
     return out
 
 
+def on_dates(ledger: pd.DataFrame, dates: pd.DatetimeIndex) -> pd.DataFrame:
+    """``net_return`` and ``risk_free`` from one of ``dates`` to the next, compounded over any date between them
+    that the ledger has and another lacks (so no return is dropped), in float64."""
+    out = {}
+    for k in ("net_return", "risk_free"):
+        level = pd.Series(np.cumprod(1 + ledger[k].to_numpy(np.float64)), ledger.index).loc[dates].to_numpy()
+        start = level[0] / (1 + float(ledger[k].loc[dates[0]]))
+        out[k] = level / np.concatenate([[start], level[:-1]]) - 1
+    return pd.DataFrame(out, index=dates)
+
+
 def pooled_verdict(per_ticker: dict[str, dict[str, EvalResult]], bars_per_year: float) -> dict[str, float]:
-    """The agent against buy-and-hold across the tickers, on their common dates (excess of cash)."""
+    """The agent against buy-and-hold across the tickers, on their common dates (excess of cash; a date one
+    ticker lacks is compounded into the next common date, as the pooled book does)."""
     tickers = list(per_ticker)
     dates = common_dates([per_ticker[t]["agent"].ledger for t in tickers])
 
     def panel(name: str) -> np.ndarray:
-        return np.stack([excess_series(per_ticker[t][name].ledger.loc[dates]) for t in tickers], 1)
+        return np.stack([excess_series(on_dates(per_ticker[t][name].ledger, dates)) for t in tickers], 1)
 
     r = panel_sharpe_difference_test(panel("agent"), panel("buy_and_hold"), bars_per_year)
     return {"tickers": len(tickers), "dates": len(dates), **r}
@@ -104,8 +116,8 @@ def universe_section(per_ticker: dict[str, dict[str, EvalResult]], bars_per_year
                      f"{r['p_holm']:.3f} |")  # fmt: skip
     better = "beats" if v["p_value"] <= 0.05 else "does not beat"
     lines += ["", f"**Pooled verdict**: across the {v['tickers']} tickers on their {v['dates']} common dates the agent "
-              f"{better} buy-and-hold at the 5% level: mean Sharpe difference {v['diff']:+.2f} (95% interval "
-              f"[{v['ci_low']:+.2f}, {v['ci_high']:+.2f}], one-sided p = {v['p_value']:.3f}). The tickers' results "
-              "move together, so the interval counts their correlation date by date (src/stats_panel.py); the "
+              f"{better} buy-and-hold (one-sided test at 5%: p = {v['p_value']:.3f}): mean Sharpe difference "
+              f"{v['diff']:+.2f}, two-sided 95% interval [{v['ci_low']:+.2f}, {v['ci_high']:+.2f}]. The tickers' "
+              "results move together, so the interval counts their correlation date by date (src/stats_panel.py); the "
               "per-ticker p-values are each ticker's paired test, Holm-corrected over the tickers.", ""]  # fmt: skip
     return {"tickers": rows, "pooled_verdict": v}, lines

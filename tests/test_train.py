@@ -40,6 +40,7 @@ def test_every_option_of_every_group_composes_and_builds(tmp_path, group, option
     cfg = compose_cfg(extra, tmp_path)
     if group == "env":
         built = instantiate(cfg.env)
+        built = getattr(built, "universe", built)  # a portfolio: its assets' markets
         for market in getattr(built, "markets", [built]):  # a universe: every ticker
             assert market.num_features == 10 and market.costs.rate > 0  # every env states its own costs
     elif group == "model":

@@ -97,6 +97,16 @@ def test_bad_universes_are_refused_in_one_line(files, tmp_path):
         shared_split_dates({"a": pd.DatetimeIndex(["2000-01-03", "2000-01-04"])}, 0.9, 0.2)
 
 
+def test_split_counts_cut_the_common_calendar():
+    """Walk-forward folds give counts: that many dates of the common period each, the dates after the test unused."""
+    cal = {"a": pd.bdate_range("2000-01-03", periods=30), "b": pd.bdate_range("2000-01-10", periods=40)}
+    common = pd.bdate_range("2000-01-10", "2000-02-11")  # b's first date to a's last
+    got = shared_split_dates(cal, counts={"train_bars": 10, "val_bars": 5, "test_bars": 4})
+    assert got == (common[10], common[15], common[18])
+    with pytest.raises(ConfigError, match="do not fit"):
+        shared_split_dates(cal, counts={"train_bars": 10, "val_bars": 5, "test_bars": 20})
+
+
 def test_per_ticker_costs_override_the_shared_ones(files):
     u = load_universe(files, window=10, costs={"spread_bps": 2.0}, ticker_costs={"new": {"spread_bps": 10.0}})
     assert [m.costs.spread_bps for m in u.markets] == [2.0, 10.0, 2.0]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from src.evaluation import COLUMNS, EvalResult
-from src.universe_eval import pooled_book, pooled_results, pooled_verdict
+from src.universe_eval import on_dates, pooled_book, pooled_results, pooled_verdict
 
 
 def _ledger(net, position, dates=("2024-01-02", "2024-01-03", "2024-01-04"), price=(10.0, 11.0, 12.0)):
@@ -37,6 +37,16 @@ def test_a_date_one_ticker_lacks_is_skipped_and_its_growth_counted_on_the_next()
     book = pooled_book([a, b])
     assert len(book) == 2
     np.testing.assert_allclose(book["equity"], [1.05, (1.1 * 0.95 * 1.02 + 0.9) / 2], rtol=1e-12)
+
+
+def test_the_verdict_compounds_a_date_another_ticker_lacks_into_the_next():
+    """The returns the verdict tests are the book's: a's 01-03 and 01-04 returns become one, none dropped."""
+    a = _ledger([0.10, -0.05, 0.02], [1.0, 0.5, -1.0])
+    a["risk_free"] = [0.001, 0.002, 0.003]
+    dates = pd.DatetimeIndex(["2024-01-02", "2024-01-04"], tz="UTC")
+    got = on_dates(a, dates)
+    np.testing.assert_allclose(got["net_return"], [0.10, 0.95 * 1.02 - 1], rtol=1e-12)
+    np.testing.assert_allclose(got["risk_free"], [0.001, 1.002 * 1.003 - 1], rtol=1e-12)
 
 
 def test_pooled_results_and_verdict_cover_every_policy_and_ticker():

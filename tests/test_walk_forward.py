@@ -29,11 +29,25 @@ def test_fold_bounds_hand_computed():
         fold_bounds(100, 0, 0.3, None)
 
 
+def _many(tmp_path, env: str) -> list[str]:
+    """A universe or portfolio of three small tickers on one business-day calendar."""
+    from tests.test_universe import _csv
+
+    files = [_csv(tmp_path / f"{t}_daily.csv", n, i, start) for i, (t, n, start) in
+             enumerate((("aaa", 900, "2000-01-03"), ("bbb", 700, "2000-10-02"), ("ccc", 800, "2000-06-01")))]  # fmt: skip
+    small = [o for o in TINY if not o.startswith("env")] + ["env.window=8", "env.episode_length=32"]
+    return [*small, f"env={env}", "env.paths=[" + ",".join(files) + "]", "~env.ticker_costs"]
+
+
 @pytest.mark.slow
-def test_cli_walk_forward_stitches_the_folds(tmp_path):
+@pytest.mark.parametrize("env", ["synthetic", "universe", "portfolio"])
+def test_cli_walk_forward_stitches_the_folds(tmp_path, env):
+    """Folds of one market, of a universe (its pooled book) and of a portfolio: consecutive test periods on the
+    common calendar, each fold training on more of the past, stitched to the product of the folds' returns."""
     out = tmp_path / "wf"
+    overrides = TINY if env == "synthetic" else _many(tmp_path, env)
     res = subprocess.run(
-        [sys.executable, "-m", "src.walk_forward", *TINY, "walk_forward.folds=2", f"hydra.run.dir={out}"],
+        [sys.executable, "-m", "src.walk_forward", *overrides, "walk_forward.folds=2", f"hydra.run.dir={out}"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ from src.data.loader import file_sha256, load_ohlcv, resolve_path
 from src.data.market import Market, build_market
 from src.errors import ConfigError, DataError
 
-__all__ = ["Universe", "load_universe", "shared_split_dates", "ticker_name"]
+__all__ = ["Universe", "common_calendar", "load_universe", "shared_split_dates", "ticker_name"]
 
 
 @dataclass
@@ -33,10 +33,19 @@ class Universe:
     test_start: pd.Timestamp
     last: pd.Timestamp  # the last date every ticker has: the end of every test period
     weights: str = "uniform"  # how training episodes are drawn across tickers (src/envs/universe_env.py)
+    dates: pd.DatetimeIndex | None = None  # the period every ticker covers (what walk-forward folds count)
 
     @property
     def names(self) -> list[str]:
         return [m.name for m in self.markets]
+
+    @property
+    def bars_per_year(self) -> float:
+        return self.markets[0].bars_per_year  # one bar size for all (load_universe checks)
+
+    @property
+    def bars_per_day(self) -> int:
+        return self.markets[0].bars_per_day
 
     def describe(self) -> dict:
         return {
@@ -45,8 +54,18 @@ class Universe:
             "val_start": str(self.val_start),
             "test_start": str(self.test_start),
             "last": str(self.last),
+            **self._periods(),
             "markets": {m.name: m.describe() for m in self.markets},
         }
+
+    def _periods(self) -> dict:
+        """The splits on the common calendar (first and last date, dates): as a single market describes them."""
+        if self.dates is None:
+            return {}
+        d = self.dates
+        cut = {"train": d < self.val_start, "val": (d >= self.val_start) & (d < self.test_start),
+               "test": (d >= self.test_start) & (d <= self.last)}  # fmt: skip
+        return {k: {"first": str(d[m][0]), "last": str(d[m][-1]), "bars": int(m.sum())} for k, m in cut.items()}
 
 
 def ticker_name(path: str) -> str:
@@ -54,17 +73,8 @@ def ticker_name(path: str) -> str:
     return Path(path).stem.split("_", 1)[0].lower()
 
 
-def shared_split_dates(
-    calendars: dict[str, pd.DatetimeIndex], train: float, val: float
-) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
-    """Where validation and test start, and the last date, on the period every calendar covers.
-
-    The dates of that period (the union of the tickers' dates within it) are counted as one market's bars are:
-    ``int(n x train)`` train, ``int(n x val)`` validation, the rest test; validation and test start on the first
-    date of theirs.
-    """
-    if not (train > 0 and val > 0 and train + val < 1):
-        raise ConfigError(f"env.split must have train > 0, val > 0, train + val < 1, got train={train}, val={val}")
+def common_calendar(calendars: dict[str, pd.DatetimeIndex]) -> pd.DatetimeIndex:
+    """The dates of the period every calendar covers (the union of the tickers' dates within it)."""
     first_name = max(calendars, key=lambda k: calendars[k][0])
     last_name = min(calendars, key=lambda k: calendars[k][-1])
     first, last = calendars[first_name][0], calendars[last_name][-1]
@@ -73,12 +83,35 @@ def shared_split_dates(
             f"universe: no period that every ticker covers: {first_name} starts on {first.date()} after "
             f"{last_name} ends on {last.date()}"
         )
-    dates = pd.DatetimeIndex(sorted(set().union(*(c[(c >= first) & (c <= last)] for c in calendars.values()))))
+    return pd.DatetimeIndex(sorted(set().union(*(c[(c >= first) & (c <= last)] for c in calendars.values()))))
+
+
+def shared_split_dates(
+    calendars: dict[str, pd.DatetimeIndex], train: float | None = None, val: float | None = None,
+    counts: dict | None = None,
+) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:  # fmt: skip
+    """Where validation and test start, and the last date, on the period every calendar covers.
+
+    The dates of that period (:func:`common_calendar`) are counted as one market's bars are: ``int(n x train)``
+    train, ``int(n x val)`` validation, the rest test; or, with ``counts`` (``train_bars``, ``val_bars``,
+    ``test_bars``, as walk-forward folds give them), that many of its dates each, the dates after the test unused.
+    """
+    dates = common_calendar(calendars)
+    if counts is not None:
+        i_val = int(counts["train_bars"])
+        i_test = i_val + int(counts["val_bars"])
+        end = i_test + int(counts["test_bars"])
+        if not (0 < i_val < i_test < end <= len(dates)):
+            raise ConfigError(f"env.split: {counts} do not fit the {len(dates)} dates every ticker covers "
+                              f"({dates[0].date()}..{dates[-1].date()}; each count must be > 0)")  # fmt: skip
+        return dates[i_val], dates[i_test], dates[end - 1]
+    if not (train > 0 and val > 0 and train + val < 1):
+        raise ConfigError(f"env.split must have train > 0, val > 0, train + val < 1, got train={train}, val={val}")
     i_val = int(len(dates) * train)
     i_test = i_val + int(len(dates) * val)  # as a single market's split counts its bars
     if not 0 < i_val < i_test < len(dates):
-        raise DataError(f"universe: the common period {first.date()}..{last.date()} is too short to split")
-    return dates[i_val], dates[i_test], last
+        raise DataError(f"universe: the common period {dates[0].date()}..{dates[-1].date()} is too short to split")
+    return dates[i_val], dates[i_test], dates[-1]
 
 
 def load_universe(
@@ -109,14 +142,19 @@ def load_universe(
         raise ConfigError(f"env.ticker_costs: {unknown[0]!r} is not a ticker of env.paths ({', '.join(names)}); "
                           f"remove it with ~env.ticker_costs.{unknown[0]} (or all with ~env.ticker_costs)")  # fmt: skip
     split = dict(split or {"train": 0.7, "val": 0.15})
-    if set(split) - {"train", "val"}:
-        raise ConfigError(f"env.split of a universe takes the fractions train and val only, got {sorted(split)}")
+    counts = ("train_bars", "val_bars", "test_bars")
+    if set(split) != {"train", "val"} and set(split) != set(counts):
+        raise ConfigError(f"env.split of a universe takes the fractions train and val, or the counts {counts} "
+                          f"(dates of the period every ticker covers), got {sorted(split)}")  # fmt: skip
     bars = {
         n: load_ohlcv(resolve_path(p), max_gap=max_gap, max_file_mb=max_file_mb)
         for n, p in zip(names, paths, strict=True)
     }
     calendars = {n: b.index[warmup_bars() :] for n, b in bars.items()}
-    val_start, test_start, last = shared_split_dates(calendars, float(split["train"]), float(split["val"]))
+    if "train_bars" in split:
+        val_start, test_start, last = shared_split_dates(calendars, counts=split)
+    else:
+        val_start, test_start, last = shared_split_dates(calendars, float(split["train"]), float(split["val"]))
     markets = []
     for n, p in zip(names, paths, strict=True):
         ts = calendars[n]
@@ -134,4 +172,4 @@ def load_universe(
     sizes = {m.name: m.bars_per_year for m in markets}
     if len(set(sizes.values())) > 1:
         raise DataError(f"universe: the tickers' bar sizes differ (bars per year {sizes}); use one bar size")
-    return Universe(markets, val_start, test_start, last, weights)
+    return Universe(markets, val_start, test_start, last, weights, common_calendar(calendars))

@@ -145,7 +145,12 @@ class PPO(nn.Module):
         it.logs["losses/explained_variance"] = torch.tensor(explained_variance(values.flatten(), ret.flatten()))
         flat = lambda x: x.reshape(-1)  # noqa: E731
         return Batch(
-            b.flat_obs(), flat(b.actions), flat(b.logprobs), flat(b.values), flat(adv), flat(self.critic_units(ret))
+            b.flat_obs(),
+            b.actions.flatten(0, 1),
+            flat(b.logprobs),
+            flat(b.values),
+            flat(adv),
+            flat(self.critic_units(ret)),
         )
 
     def loss(self, model: nn.Module, mb: Batch, params: dict | None = None) -> tuple[torch.Tensor, dict]:

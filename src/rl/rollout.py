@@ -35,16 +35,17 @@ class Rollout:
 
     @classmethod
     def allocate(cls, steps: int, env: MarketEnv, goal_conditioned: bool = False, members: bool = False) -> Rollout:
-        n, w, f = env.n, env.m.window, env.m.num_features
-        dev = env.m.device
+        n, dev = env.n, env.m.device
+        obs = getattr(env, "obs_shape", (env.m.window, env.m.num_features))  # a portfolio: (K, window, F)
+        pos, act = getattr(env, "position_dim", 1), getattr(env, "action_shape", ())  # a portfolio: K, (A,)
 
         def z(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.zeros(steps, n, *shape, dtype=dtype, device=dev)
 
         return cls(
-            market=z(w, f),
-            position=z(1),
-            actions=z(),
+            market=z(*obs),
+            position=z(pos),
+            actions=z(*act),
             logprobs=z(),
             values=z(),
             rewards=z(),
@@ -52,7 +53,7 @@ class Rollout:
             truncated=z(dtype=torch.bool),
             next_values=z(),
             final_t=z(dtype=torch.long),
-            final_position=z(),
+            final_position=z(*((pos,) if pos > 1 else ())),
             net_return=z(),
             turnover=z(),
             goal=z(2) if goal_conditioned else None,
@@ -66,10 +67,10 @@ class Rollout:
         return self.terminated | self.truncated
 
     def flat_obs(self) -> Obs:
-        t, n = self.actions.shape
+        t, n = self.actions.shape[:2]
         goal = None if self.goal is None else self.goal.view(t * n, 2)
         member = None if self.member is None else self.member.view(t * n)
-        return Obs(self.market.view(t * n, *self.market.shape[2:]), self.position.view(t * n, 1), goal, member)
+        return Obs(self.market.view(t * n, *self.market.shape[2:]), self.position.view(t * n, -1), goal, member)
 
 
 HER_FIELDS = {
