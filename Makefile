@@ -42,6 +42,7 @@ BENCH_ARGS ?=
 bench: $(STAMP)  ## env, PPO end to end, Stable-Baselines3 side by side, memory and scaling (~4-7 min on 2 cores); writes experiments/benchmarks/results.md
 	$(PYTHON) experiments/benchmarks/bench.py $(BENCH_ARGS)
 	$(PYTHON) experiments/benchmarks/population.py
+	$(PYTHON) experiments/benchmarks/portfolio_env.py
 
 clean:  ## remove caches (run outputs under outputs/ are kept)
 	rm -rf .make .pytest_cache .ruff_cache src/*.egg-info
