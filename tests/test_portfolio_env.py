@@ -142,3 +142,22 @@ def test_one_asset_is_the_single_asset_accounting():
                          (held, turnover, gross, growth, after, d, f), strict=True):  # fmt: skip
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert 0 < int((turnover == 0).sum()) < n  # the band held some books and not others
+
+
+def test_a_saved_env_continues_the_same_episodes():
+    """state_dict / load_state_dict (what a resumed run restores): the same weights, bars and rewards after."""
+    g = torch.Generator().manual_seed(7)
+    r = (torch.rand(200, 3, generator=g) - 0.5) * 0.1
+    m = market(r.tolist(), r.tolist(), rate=(0.001,) * 3, min_trade=0.01, episode_length=15)
+    a = PortfolioEnv(m, "train", 6, generator=torch.Generator().manual_seed(1))
+    a.reset()
+    acts = [SimplexDirichlet(torch.full((6, 4), 2.0)).sample() for _ in range(40)]
+    for x in acts[:10]:
+        a.step(x)
+    b = PortfolioEnv(m, "train", 6, generator=torch.Generator().manual_seed(2))
+    b.reset()
+    b.load_state_dict(a.state_dict())
+    for x in acts[10:]:  # past the episodes' end: restarts draw from the restored generator
+        oa, ra, *_ = a.step(x)
+        ob, rb, *_ = b.step(x)
+        assert torch.equal(ra, rb) and torch.equal(oa.position, ob.position) and torch.equal(oa.market, ob.market)

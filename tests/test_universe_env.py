@@ -93,3 +93,21 @@ def test_a_checkpoint_refuses_a_universe_whose_data_or_order_changed(universe, t
     swapped = load_universe([paths[1], paths[0], paths[2]], window=10, episode_length=40)
     with pytest.raises(ConfigError, match="the data changed"):
         refuse_changed_data(saved, concatenated(swapped), "start anew")
+
+
+def test_a_saved_env_continues_the_same_episodes(universe):
+    """state_dict / load_state_dict (what a resumed run restores): the same tickers, costs and stops, the same
+    rewards afterwards, restarts included."""
+    a = UniverseEnv(universe, 8, torch.Generator().manual_seed(5), episode_length=20)
+    a.reset()
+    g = torch.Generator().manual_seed(6)
+    for _ in range(13):
+        a.step(torch.rand(8, generator=g) * 2 - 1)
+    b = UniverseEnv(universe, 8, torch.Generator().manual_seed(99), episode_length=20)
+    b.reset()
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.ticker, b.ticker) and torch.equal(a._stop, b._stop) and torch.equal(a._k.rate, b._k.rate)
+    for _ in range(30):  # past the episodes' end: the restarts draw from the restored generator
+        act = torch.rand(8, generator=g) * 2 - 1
+        ra, rb = a.step(act)[1], b.step(act)[1]
+        assert torch.equal(ra, rb)
