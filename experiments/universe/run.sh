@@ -9,7 +9,7 @@ OUT=outputs/universe
 COMMON="trainer.max_steps=$STEPS trainer.enable_progress_bar=false threads=1"
 # TSLA alone, on the universe's calendar: the same train/val/test dates as TSLA inside the 9-ticker universe
 # (3262 training bars after the warm-up, validation 2023-08-04 .. 2025-01-31, test 2025-02-03 .. 2026-08-04).
-TSLA_SPLIT="env.split={train_bars:3262,val_bars:375,test_bars:377}"
+TSLA_SPLIT="~env.split +env.split={train_bars:3262,val_bars:375,test_bars:377}"
 jobs=()
 for s in $SEEDS; do
   jobs+=("env=tsla $TSLA_SPLIT seed=$s hydra.run.dir=$OUT/tsla_s$s")
