@@ -134,7 +134,7 @@ class StepHooks:
                 "charts/sps": b.rewards.numel() / max(rollout_s + update_s, 1e-9),
                 "charts/rollout_sps": b.rewards.numel() / max(rollout_s, 1e-9),
                 "train/reward_mean": b.rewards.mean(),
-                "train/position_abs_mean": b.actions.abs().mean(),
+                "train/position_abs_mean": _weights(b).abs().mean(),
                 "train/turnover_mean": b.turnover.mean(),
             }
         )
@@ -146,7 +146,7 @@ class StepHooks:
         self.log("sps", logs["charts/sps"], prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
         tb = self._tb()
         if tb is not None and self.trainer.fit_loop.epoch_loop._batches_that_stepped % 10 == 0:
-            tb.add_histogram("charts/positions", b.actions.flatten(), self.global_step)
+            tb.add_histogram("charts/positions", _weights(b).flatten(), self.global_step)
             tb.add_histogram("charts/advantages", targets.advantages, self.global_step)
 
     def _tb(self):
@@ -161,3 +161,9 @@ def first_nonfinite(*named: tuple[str, torch.Tensor]) -> str | None:
     if bool(ok.all()):
         return None
     return next(name for (name, _), good in zip(named, ok.tolist(), strict=True) if not good)
+
+
+def _weights(b) -> torch.Tensor:
+    """What the rollout's books held: the target weights (one asset), or each portfolio's gross exposure (the sum
+    of its absolute weights; its actions are points of the policy's simplex, not weights)."""
+    return b.actions if b.actions.dim() == 2 else b.position.abs().sum(-1)

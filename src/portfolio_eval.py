@@ -4,17 +4,18 @@ The agent and every baseline walk the split in one batched :class:`PortfolioEnv`
 financing and dividends on their turnover and holdings:
 
 - ``buy_and_hold``: equal weights bought on the first decision and left to drift (equal-weight buy-and-hold);
-- ``one_over_n``: equal weights, rebalanced to 1/N at the first open of every calendar month (DeMiguel et al.,
-  2009: the benchmark that most optimised allocations fail to beat out of sample);
+- ``one_over_n``: equal weights, rebalanced to 1/N once a month: decided at the close of the month's first bar,
+  filled at the next open (DeMiguel et al., 2009: the benchmark most optimised allocations fail to beat out of
+  sample);
 - ``flat``: all cash;
 - ``hold_<ticker>``: each asset alone at weight 1; the report names the best of them on the split *in
-  hindsight* (``best_single``): not a fair baseline (it is chosen by the very period it is judged on), shown
+  hindsight* (``best_single_in_hindsight``): not a fair baseline (it is chosen by the very period it is judged on), shown
   for scale.
 
 Baselines are not bound by the agent's limits. An episode that goes bankrupt stays in cash for the rest of the
-split. Every ledger has the single-asset ledger's columns (``position``: the sum of the weights after the fill;
-``price``: the equal-weight index of the assets' closes, 1 at the split's first decision bar) and the agent's
-has one weight column per asset, ``w_<ticker>``.
+split. Every ledger has the single-asset ledger's columns (``position``: the sum of the absolute weights after
+the fill, the gross exposure; ``price``: the equal-weight index of the assets' closes, 1 at the split's first
+decision bar) and one weight column per asset, ``w_<ticker>``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pandas as pd
 import torch
 
 from src.data.portfolio import PortfolioMarket
-from src.envs.portfolio_env import PortfolioEnv, project
+from src.envs.portfolio_env import PortfolioEnv
 from src.evaluation import COLUMNS, EvalResult, excess_series, ledger_metrics
 from src.stats import sharpe_difference_test
 
@@ -35,10 +36,11 @@ def baseline_names(pm: PortfolioMarket) -> list[str]:
     return ["buy_and_hold", "one_over_n", "flat", *(f"hold_{t}" for t in pm.tickers)]
 
 
-def month_ends(pm: PortfolioMarket) -> torch.Tensor:
-    """(T,) bool: bar t is the last of its calendar month (a 1/N rebalance is decided there, filled next open)."""
+def month_starts(pm: PortfolioMarket) -> torch.Tensor:
+    """(T,) bool: bar t is the first of its calendar month, which is known at bar t (a 1/N rebalance is decided
+    at its close and filled at the next open: the month's second trading day)."""
     months = pm.dates.year * 12 + pm.dates.month
-    out = np.append(months[1:] != months[:-1], True)
+    out = np.insert(months[1:] != months[:-1], 0, False)
     return torch.as_tensor(out, device=pm.device)
 
 
@@ -57,7 +59,7 @@ def run_portfolio(pm: PortfolioMarket, split: str, policy=None, values: list | N
     ew = torch.full((k,), 1.0 / k, device=dev)
     single = torch.eye(k, device=dev)
     fixed = torch.stack([ew, ew, torch.zeros(k, device=dev), *single])  # the baselines' first targets
-    rebalance = month_ends(pm)
+    rebalance = month_starts(pm)
     rows: dict[str, list[torch.Tensor]] = {key: [] for key in (*KEYS, "equity", "position")}
     alive = torch.ones(n, dtype=torch.bool, device=dev)
     a0 = n - len(fixed)  # the baselines' first env (after the agent's)
@@ -72,8 +74,7 @@ def run_portfolio(pm: PortfolioMarket, split: str, policy=None, values: list | N
             if values is not None:
                 values.append(v.reshape(()))
             target = torch.cat([env.to_weights(action.reshape(1, -1)), target])
-        target = torch.where(free[:, None], target, project(target, pm.mode, pm.gross))
-        obs, _, terminated, _, info = env.step_weights(target * alive[:, None], bound=False, hold=hold & alive)
+        obs, _, terminated, _, info = env.step_weights(target * alive[:, None], bound=~free, hold=hold & alive)
         for key in rows:
             rows[key].append(info[key])
         alive &= ~terminated
@@ -89,21 +90,20 @@ def run_portfolio(pm: PortfolioMarket, split: str, policy=None, values: list | N
         df = df.rename(columns={"exposure": "position"})
         df.insert(0, "price", price)
         df = df[list(COLUMNS)]
-        if name == "agent":
-            for a, ticker in enumerate(pm.tickers):
-                df[f"w_{ticker}"] = weights[:, j, a]
+        for a, ticker in enumerate(pm.tickers):
+            df[f"w_{ticker}"] = weights[:, j, a]
         out[name] = df
     return out
 
 
 def evaluate_portfolio(pm: PortfolioMarket, split: str, policy=None, values: list | None = None):
     """``(results, holds)``: the agent's and the main baselines' :class:`EvalResult` (``agent``,
-    ``buy_and_hold``, ``one_over_n``, ``flat``, ``best_single``), and every asset held alone."""
+    ``buy_and_hold``, ``one_over_n``, ``flat``, ``best_single_in_hindsight``), and every asset held alone."""
     ledgers = run_portfolio(pm, split, policy, values)
     res = {nm: EvalResult(split, df, ledger_metrics(df, pm.bars_per_year)) for nm, df in ledgers.items()}
     holds = {nm[5:]: res.pop(nm) for nm in list(res) if nm.startswith("hold_")}
     best = max(holds, key=lambda tk: holds[tk].metrics["total_return"])
-    res["best_single"] = holds[best]
+    res["best_single_in_hindsight"] = holds[best]
     return res, holds
 
 
@@ -122,8 +122,8 @@ def portfolio_section(res: dict[str, EvalResult], holds: dict[str, EvalResult], 
         "## Portfolio: the agent against 1/N and the assets",
         "",
         f"Sharpe(agent) − Sharpe(1/N monthly) = {paired['diff']:+.2f}, 95% interval "
-        f"[{paired['ci_low']:+.2f}, {paired['ci_high']:+.2f}], p = {paired['p_value']:.3f} (two-sided, "
-        "Ledoit-Wolf HAC paired test on excess returns).",
+        f"[{paired['ci_low']:+.2f}, {paired['ci_high']:+.2f}] (two-sided); one-sided p = {paired['p_value']:.3f} for "
+        "H0: Sharpe(agent) <= Sharpe(1/N) (Ledoit-Wolf HAC paired test on excess returns).",
         "",
         "| book | Sharpe | total return | max drawdown | turnover |",
         "|---|---|---|---|---|",
@@ -133,7 +133,7 @@ def portfolio_section(res: dict[str, EvalResult], holds: dict[str, EvalResult], 
         "buy_and_hold": "equal-weight buy-and-hold",
         "one_over_n": "1/N, monthly",
         "flat": "flat (cash)",
-        "best_single": f"best single asset in hindsight ({best}; not a fair baseline)",
+        "best_single_in_hindsight": f"best single asset in hindsight ({best}; not a fair baseline)",
     }
     for nm, label in labels.items():
         m = res[nm].metrics

@@ -246,7 +246,12 @@ def write_run_outputs(
         table,
         "",
         "Costs are charged on every trade; buy-and-hold and flat run through the same env, costs, financing and "
-        "dividends. Buy-and-hold is 100% long the asset throughout, whatever the agent's position limits.",
+        + (
+            "dividends. Buy-and-hold is the equal-weight book of the assets, bought at the first open and left to "
+            "drift; 1/N is rebalanced to equal weights monthly."
+            if "tickers" in info.get("data", {}) and "mode" in info.get("data", {})
+            else "dividends. Buy-and-hold is 100% long the asset throughout, whatever the agent's position limits."
+        ),
         "",
         *assumption_lines(info.get("data", {})),
     ]

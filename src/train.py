@@ -296,7 +296,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
         }
     )
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
-    title = f"{market.name}: agent vs buy-and-hold (selected on validation, test evaluated once)"
+    bh = "equal-weight buy-and-hold" if portfolio else "buy-and-hold"
+    title = f"{market.name}: agent vs {bh} (selected on validation, test evaluated once)"
     judged = verdict(results, market.bars_per_year, val_sharpes, bars_per_day=market.bars_per_day)
     table = write_run_outputs(run_dir, results, info["command"], info, title, judged, sections)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)

@@ -161,3 +161,72 @@ def test_a_saved_env_continues_the_same_episodes():
         oa, ra, *_ = a.step(x)
         ob, rb, *_ = b.step(x)
         assert torch.equal(ra, rb) and torch.equal(oa.position, ob.position) and torch.equal(oa.market, ob.market)
+
+
+def test_a_shares_and_cash_ledger_gives_the_same_equity():
+    """An independent ledger in shares, cash and prices (longs, shorts, leverage, dividends paid and owed, cash
+    interest, the short rebate, margin on borrowed cash, borrow fees, per-asset costs, the no-trade band) over
+    40 bars gives the env's equity at every close."""
+    g = torch.Generator().manual_seed(8)
+    t, k = 41, 3
+    close = 100 * torch.cumprod(1 + (torch.rand(t, k, generator=g) - 0.5) * 0.06, 0).double()
+    opens = close.roll(1, 0) * (1 + (torch.rand(t, k, generator=g) - 0.5) * 0.02).double()
+    opens[0] = close[0]
+    dps = torch.where(torch.rand(t, k, generator=g) < 0.1, 0.8, 0.0).double()  # cash per share on ex-dates
+    pre, post = torch.zeros(t, k).double(), torch.zeros(t, k).double()
+    pre[1:], post[1:] = opens[1:] / close[:-1] - 1, close[1:] / opens[1:] - 1
+    yld = torch.zeros(t, k).double()
+    yld[1:] = dps[1:] / close[:-1]
+    rate, borrow, cash_r, margin_r, years = (0.001, 0.002, 0.0005), (0.01, 0.03, 0.02), 0.03, 0.08, 3 / 365
+    m = market(pre.tolist(), post.tolist(), yld.tolist(), rate=rate, borrow=borrow, cash=cash_r, margin=margin_r,
+               min_trade=0.05, accrual=years, mode="long_short", gross=2.0)  # fmt: skip
+    env = PortfolioEnv(m, "train", 1, random_start=False, auto_reset=False)
+    env.reset()
+    shares, cash = [0.0] * k, 1.0
+    target, seen = [0.0] * k, {"short": 0, "borrowed": 0, "dividend owed": 0}
+    for s in range(t - 1):
+        if s % 4 != 3:  # every 4th bar keeps the last target: the band decides
+            raw = (torch.rand(k, generator=g) * 2 - 1).tolist()
+            scale = max(1.0, sum(abs(x) for x in raw) / 2.0)
+            target = [x / scale for x in raw]
+        info = env.step_weights(torch.tensor([target], dtype=torch.float32))[4]
+        b = s + 1  # the bar this step realises
+        # overnight, on the values at the previous close
+        value = [n * float(close[s, j]) for j, n in enumerate(shares)]
+        equity = cash + sum(value)
+        longs, shorts = sum(v for v in value if v > 0), [max(-v, 0.0) for v in value]
+        seen["short"] += sum(shorts) > 0
+        seen["borrowed"] += longs > equity
+        seen["dividend owed"] += any(n < 0 and float(dps[b, j]) > 0 for j, n in enumerate(shares))
+        cash += sum(n * float(dps[b, j]) for j, n in enumerate(shares))
+        cash += years * (cash_r * (max(equity - longs, 0) + sum(shorts)) - margin_r * max(longs - equity, 0)
+                         - sum(f * x for f, x in zip(borrow, shorts, strict=True)))  # fmt: skip
+        # the open: trade to the target weights when the book moved by the band, or drift took it past gross 2
+        e1 = cash + sum(n * float(opens[b, j]) for j, n in enumerate(shares))
+        w = [n * float(opens[b, j]) / e1 for j, n in enumerate(shares)]
+        if sum(abs(a - x) for a, x in zip(target, w, strict=True)) >= 0.05 or sum(abs(x) for x in w) > 2 + 1e-5:
+            cost = e1 * sum(r * abs(a - x) for r, a, x in zip(rate, target, w, strict=True))
+            e1 -= cost
+            shares = [a * e1 / float(opens[b, j]) for j, a in enumerate(target)]
+            cash = e1 - sum(n * float(opens[b, j]) for j, n in enumerate(shares))
+        equity = cash + sum(n * float(close[b, j]) for j, n in enumerate(shares))
+        assert float(info["equity"][0]) == pytest.approx(equity, rel=2e-5), s
+    assert min(seen.values()) > 0, seen  # the path went short, borrowed cash and owed a dividend
+
+
+def test_baselines_are_not_forced_into_the_agents_limits():
+    """A long/short agent with gross 0.8: the equal-weight buy-and-hold baseline (gross 1) still trades once."""
+    g = torch.Generator().manual_seed(9)
+    r = ((torch.rand(60, 3, generator=g) - 0.5) * 0.04).tolist()
+    m = market(r, r, rate=(0.001,) * 3, mode="long_short", gross=0.8)
+    env = PortfolioEnv(m, "train", 2, random_start=False, auto_reset=False)
+    env.reset()
+    ew = torch.full((2, 3), 1 / 3)
+    turnover = []
+    for s in range(50):
+        hold = torch.tensor([False, s > 0])
+        info = env.step_weights(ew, bound=torch.tensor([True, False]), hold=hold)[4]
+        turnover.append(info["turnover"])
+        assert float(info["position"][0].abs().sum()) <= 0.8 + 1e-5  # the bound book is held to its limit
+    turnover = torch.stack(turnover)
+    assert float(turnover[0, 1]) == pytest.approx(1.0) and float(turnover[1:, 1].abs().sum()) == 0.0

@@ -97,7 +97,7 @@ def portfolio_section(root: Path, seeds: list[int]) -> list[str]:
 
 def main() -> None:
     root = Path(sys.argv[1])
-    seeds = [int(s) for s in (sys.argv[2].split() if len(sys.argv) > 2 else "0 1 2 3".split())]
+    seeds = [int(s) for s in (sys.argv[2].split() if len(sys.argv) > 2 else ["0", "1", "2", "3"])]
     for title, fn in (("TSLA", tsla_section), ("Universe", universe_section), ("Portfolio", portfolio_section)):
         print(f"## {title}\n")
         print("\n".join(fn(root, seeds)) + "\n")

@@ -3,12 +3,18 @@
 One step = at the close of bar t the agent chooses target weights; the step realises bar t+1 with
 :func:`portfolio_account`, the single-asset accounting of :mod:`src.envs.accounting` summed over assets:
 
-1. the held weights ``p`` (K,) earn the gap to the open, ``pre``, and the income of holding overnight (each
-   asset's dividend; cash ``1 - sum p`` earns the cash rate when positive and pays the margin rate when
-   borrowed; each short pays its borrow fee); they drift to ``w = p (1 + pre) / g1``;
+1. the held weights ``p`` (K,) earn the gap to the open, ``pre``, and the income of holding overnight: each
+   asset's dividend (shorts pay it); the cash left after paying for the longs, ``1 - sum p+``, earns the cash rate
+   and, when negative (borrowed), pays the margin rate; short-sale proceeds are collateral: they earn the cash rate
+   (a rebate) but do not pay for longs, and each short pays its asset's borrow fee. With one asset this is the
+   single-asset env's ``cash (1 - w)+ - margin (w - 1)+ - borrow (-w)+``. The weights drift to
+   ``w = p (1 + pre) / g1``;
 2. at the open of t+1 the book is rebalanced to the target ``a`` when the turnover ``sum |a - w|`` reaches
    ``min_trade`` (one no-trade band for the whole book, so a partial rebalance cannot break the limits) or when
-   the drifted book has left the limits; asset k's turnover pays its own rate;
+   the drifted book has left the limits; asset k's turnover pays its own rate. Convention (as the single-asset
+   env's): the cost is charged on the turnover in weights of the equity before the trade, and the targets are
+   weights of the equity after it (a shares-and-cash ledger with the same convention gives the same equity: a
+   test holds them equal);
 3. the new weights earn ``post`` to the close and drift again.
 
 Growth is ``g1 (1 - sum_k rate_k |a_k - w_k|) (1 + a post)``; the reward is its log. With K = 1 this is
@@ -39,9 +45,10 @@ def portfolio_account(p, pre, post, a, rate, min_trade, dividend, years, cash, m
     turnover and cost paid (fractions of equity before the fill), gross and net growth factors, the weights after
     the bar's drift, and the dividend and financing as returns on the step's starting equity.
     """
-    c = 1 - p.sum(-1)  # cash (negative: borrowed)
+    longs, shorts = p.clamp_min(0), (-p).clamp_min(0)
+    c = 1 - longs.sum(-1)  # cash paid for the longs (negative: borrowed, at the margin rate)
     div1 = (p * dividend).sum(-1)
-    fin1 = years * (cash * c.clamp_min(0) - margin * (-c).clamp_min(0) - (borrow * (-p).clamp_min(0)).sum(-1))
+    fin1 = years * (cash * (c.clamp_min(0) + shorts.sum(-1)) - margin * (-c).clamp_min(0) - (borrow * shorts).sum(-1))
     g1 = 1 + (p * pre).sum(-1) + div1 + fin1
     drifted = torch.where(g1[:, None] > EPS, p * (1 + pre) / g1.clamp_min(EPS)[:, None], torch.zeros_like(p))
     diff = (a - drifted).abs()
@@ -135,21 +142,23 @@ class PortfolioEnv:
         """Advance every episode one bar with the policy's ``action`` (N, action_dim); see :meth:`step_weights`."""
         return self.step_weights(self.to_weights(action.detach().reshape(self.n, -1).to(self.position.dtype)))
 
-    def step_weights(self, target: torch.Tensor, bound: bool = True, hold: torch.Tensor | None = None):
-        """Advance every episode one bar towards target weights (N, K), projected onto the limits (``bound``;
-        else taken as given: the evaluation's baselines are not bound by the agent's limits); ``hold`` (N,)
-        bool: these episodes keep their drifted weights this bar (``target`` ignored) unless drift broke a limit.
+    def step_weights(self, target: torch.Tensor, bound: bool | torch.Tensor = True, hold: torch.Tensor | None = None):
+        """Advance every episode one bar towards target weights (N, K), projected onto the limits where ``bound``
+        (a bool, or (N,) per episode; elsewhere taken as given and never forced back: the evaluation's baselines
+        are not bound by the agent's limits); ``hold`` (N,) bool: these episodes keep their drifted weights this
+        bar (``target`` ignored) unless drift took a bound book out of its limits.
 
         Returns obs, reward (log growth net of costs), terminated, truncated, info (as :class:`MarketEnv`;
-        ``position`` is the (N, K) weights after the fill, ``exposure`` their sum).
+        ``position`` is the (N, K) weights after the fill, ``exposure`` the sum of their absolute values).
         """
         m = self.m
-        a = project(target, m.mode, m.gross) if bound else target
+        bound = torch.as_tensor(bound, device=target.device).expand(self.n)
+        a = torch.where(bound[:, None], project(target, m.mode, m.gross), target)
         nxt = self.t + 1
         years = m.accrual[nxt]
         held, turnover, _, gross, growth, after, div, fin = portfolio_account(
             self.position, m.pre[nxt], m.post[nxt], a, m.rate, m.min_trade, m.dividend[nxt], years,
-            m.cash_rate, m.margin_rate, m.borrow, lambda w: ~within_limits(w, m.mode, m.gross), hold,
+            m.cash_rate, m.margin_rate, m.borrow, lambda w: bound & ~within_limits(w, m.mode, m.gross), hold,
         )  # fmt: skip
         reward = torch.log(growth.clamp_min(EPS))
         final_equity = self.equity * growth
@@ -157,7 +166,7 @@ class PortfolioEnv:
         terminated = final_equity <= m.min_equity
         truncated = ~terminated & ((self.steps >= self.max_len) | (nxt >= self.last + 1))
         info = {
-            "t": nxt, "final_t": nxt, "position": held, "exposure": held.sum(-1), "turnover": turnover,
+            "t": nxt, "final_t": nxt, "position": held, "exposure": held.abs().sum(-1), "turnover": turnover,
             "cost": gross - growth, "gross_return": gross - 1 - div - fin, "dividend": div, "financing": fin,
             "net_return": growth - 1, "risk_free": (1 + years * m.cash_rate) - 1, "equity": final_equity,
             "final_position": after,
