@@ -9,8 +9,8 @@ financing and dividends on their turnover and holdings:
   sample);
 - ``flat``: all cash;
 - ``hold_<ticker>``: each asset alone at weight 1; the report names the best of them on the split *in
-  hindsight* (``best_single_in_hindsight``): not a fair baseline (it is chosen by the very period it is judged on), shown
-  for scale.
+  hindsight* (``best_single_in_hindsight``): not a fair baseline (it is chosen by the very period it is judged
+  on), shown for scale.
 
 Baselines are not bound by the agent's limits. An episode that goes bankrupt stays in cash for the rest of the
 split. Every ledger has the single-asset ledger's columns (``position``: the sum of the absolute weights after

@@ -60,11 +60,13 @@ def universe_section(root: Path, seeds: list[int]) -> list[str]:
         a = mean_interval(c["agent"])
         diff = mean_interval([x - y for x, y in zip(c["agent"], c["bh"], strict=True)])
         hits = sum(p < 0.05 for p in c["p"])
-        lines.append(f"| {tk} | {a['mean']:.2f} [{a['low']:.2f}, {a['high']:.2f}] | {c['bh'][0]:.2f} | "
-                     f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] | {hits}/{len(seeds)} |")  # fmt: skip
+        cells = (f"{a['mean']:.2f} [{a['low']:.2f}, {a['high']:.2f}]", f"{c['bh'][0]:.2f}",
+                 f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]", f"{hits}/{len(seeds)}")  # fmt: skip
+        lines.append(f"| {tk} | " + " | ".join(cells) + " |")
     lines += ["", "Pooled verdict of each seed's run (mean over tickers of the paired Sharpe difference against "
               "buy-and-hold, correlation across tickers counted; one-sided p, Holm over the seeds):", "",
-              "| seed | mean difference | 95% interval | one-sided p | Holm over seeds |", "|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "| seed | mean difference | 95% interval | one-sided p | Holm over seeds |",
+              "|---:|---:|---:|---:|---:|"]  # fmt: skip
     for s, v, q in zip(seeds, verdicts, holm([v["p_value"] for v in verdicts]), strict=True):
         lines.append(f"| {s} | {v['diff']:+.2f} | [{v['ci_low']:+.2f}, {v['ci_high']:+.2f}] | {v['p_value']:.3f} | "
                      f"{q:.3f} |")  # fmt: skip
