@@ -48,8 +48,9 @@ def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
                           "directory's report.md and metrics.json have every member's test (src.evaluate reads "
                           "single runs)")  # fmt: skip
     if "paths" in train_cfg.env:  # one ticker rebuilt alone would get its own split: bars the universe trained on
-        raise ConfigError(f"ckpt_path: {ckpt_path} was trained on a universe; re-evaluating it is not supported yet "
-                          "(its run's report.md has every ticker's single test)")  # fmt: skip
+        kind = "portfolio" if "mode" in train_cfg.env else "universe"
+        raise ConfigError(f"ckpt_path: {ckpt_path} was trained on a {kind}; re-evaluating it is not supported yet "
+                          f"(its run's report.md has the {kind}'s single test)")  # fmt: skip
     # another env keeps the model's window and position limits (the policy's support): it was built for them
     keep = {"window": train_cfg.env.window, "position_limits": train_cfg.env.position_limits}
     env = OmegaConf.merge(env_cfg, keep) if env_cfg else train_cfg.env

@@ -31,6 +31,7 @@ class CheckpointHooks:
         checkpoint["tradelab"] = {
             "env_steps": self.env_steps,
             "market": self.market.describe(),
+            "norm": getattr(self.market, "norm_state", lambda: None)(),  # what src.predict normalises new bars with
             "rng": rng_state(),
             "faults": dict(self.faults),
             "val_history": [dict(r) for r in self.val_history],

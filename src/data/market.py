@@ -158,6 +158,14 @@ class Market:
         paid = int((self.dividend != 0).sum())
         return f"from the file's dividend column: {paid} payment{'s' * (paid != 1)}, to longs and charged to shorts"
 
+    def norm_state(self) -> dict | None:
+        """What new bars need to be observed as training observed them (src.predict): the training split's
+        feature statistics, the window, the bar size and the file they came from (plain lists: weights-only safe)."""
+        return {"mean": [float(x) for x in self.norm_mean], "std": [float(x) for x in self.norm_std],
+                "features": list(self.feature_names), "window": int(self.window),
+                "bars_per_year": float(self.bars_per_year), "source": str(self.source),
+                "sha256": self.data_hash}  # fmt: skip
+
     def decision_range(self, split: str) -> tuple[int, int]:
         """First and last bar (inclusive) on which a decision of ``split`` is taken."""
         start, end = self.splits[split]

@@ -36,6 +36,9 @@ class UniverseMarket(Market):
     def describe(self) -> dict:
         return self.summary
 
+    def norm_state(self) -> None:
+        return None  # every ticker has its own statistics: src.predict takes one-asset agents
+
 
 def concatenated(universe: Universe) -> UniverseMarket:
     """The tickers' series end to end, as one market whose training split spans them all (the env keeps each

@@ -1,0 +1,132 @@
+"""src.predict: tomorrow's weight from a checkpoint and a CSV, observed exactly as training observed it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from src.data.features import compute_features
+from src.data.market import load_market
+from src.data.synthetic import generate_bars
+from src.envs.market_env import Obs
+from src.errors import ConfigError, DataError
+from src.predict import drifted_weight, load_policy, observation, predict
+from src.train import main as train_main
+from src.utils import build
+from tests.conftest import ROOT, TINY, compose_cfg
+
+
+def _write(path, df):
+    out = df.copy()
+    out.index = out.index.strftime("%Y-%m-%d")
+    path.write_text(out.to_csv(index_label="timestamp"))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny agent trained on abc_daily.csv; the file, its bars and the checkpoint."""
+    d = tmp_path_factory.mktemp("predict")
+    full = generate_bars(n_bars=460, seed=3)
+    bars = full.iloc[:400]
+    csv = _write(d / "abc_daily.csv", bars)
+    run = d / "run"
+    run.mkdir()
+    small = [o for o in TINY if not o.startswith("env")] + ["env.window=8", "env.episode_length=32"]
+    train_main(compose_cfg([*small, "env=csv", f"env.path={csv}", "env.min_trade=0.01"], run))
+    return d, csv, bars, str(run / "checkpoints" / "best.ckpt"), full
+
+
+def _cfg(ckpt, data, **kw):
+    from omegaconf import OmegaConf
+
+    base = {"ckpt_path": ckpt, "data": data, "position": None, "now": None, "max_stale": None,
+            "allow_other_ticker": False, "json": False}  # fmt: skip
+    return OmegaConf.create({**base, **kw})
+
+
+def test_the_observation_is_the_training_markets_and_so_is_the_action(trained):
+    """On the training file, the features window of the last bar is the training market's, to the bit; the target
+    is the policy's deterministic action on it; the trade is target - current."""
+    _, csv, bars, ckpt, _ = trained
+    module, norm, cfg = load_policy(ckpt)
+    market = build(cfg.env)
+    w = market.window
+    got = observation(bars, norm, csv)[0]
+    assert torch.equal(got, market.features[-w:])
+    out = predict(_cfg(ckpt, csv, now=str(bars.index[-1] + pd.Timedelta(days=2))))
+    with torch.no_grad():
+        want = module.model(Obs(market.features[-w:][None], torch.zeros(1, 1)))[0].mean
+    assert out["target_weight"] == pytest.approx(float(want[0]), abs=1e-6)
+    band = abs(out["target_weight"]) < 0.01  # env.min_trade: a smaller move is not traded
+    assert out["current_weight"] == 0.0 and out["trade"] == (0.0 if band else pytest.approx(out["target_weight"]))
+    lo, hi = cfg.env.position_limits
+    assert lo <= out["target_weight"] <= hi
+
+
+def test_a_longer_file_keeps_the_checkpoints_normalisation(trained):
+    """New bars appended: the statistics are the checkpoint's, i.e. the training file's training split (not the
+    longer file's, whose split would move); the last window is normalised with them."""
+    d, _, _, ckpt, more = trained  # the same history, 60 bars more
+    csv = _write(d / "abc_daily.csv.new", more)
+    _, norm, cfg = load_policy(ckpt)
+    trained_market, longer = build(cfg.env), load_market(csv, window=8)
+    assert norm["mean"] == pytest.approx(list(trained_market.norm_mean), rel=1e-12)
+    assert norm["mean"] != pytest.approx(list(longer.norm_mean), rel=1e-6)
+    got = observation(more, norm, csv)[0].double()
+    x = torch.as_tensor(compute_features(more).to_numpy()[-8:])
+    want = ((x - torch.as_tensor(trained_market.norm_mean)) / torch.as_tensor(trained_market.norm_std)).clamp(-10, 10)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_the_position_file_is_drifted_to_the_last_close():
+    idx = pd.date_range("2024-01-01", periods=3, freq="D", tz="UTC")
+    bars = pd.DataFrame({"close": [100.0, 110.0, 99.0]}, index=idx)
+    # 0.5 held at 100: after +10% it is 55 / 105; after -10% 49.5 / 99.5
+    w = drifted_weight({"weight": 0.5, "as_of": "2024-01-01"}, bars, "x.csv")
+    assert w == pytest.approx(49.5 / 99.5)
+
+
+def test_bad_input_is_refused_in_one_line(trained, tmp_path):
+    _, csv, bars, ckpt, _ = trained
+    last = bars.index[-1]
+    with pytest.raises(DataError, match="incomplete"):
+        predict(_cfg(ckpt, csv, now=str(last + pd.Timedelta(hours=12))))
+    with pytest.raises(DataError, match="max_stale"):
+        predict(_cfg(ckpt, csv, now=str(last + pd.Timedelta(days=30)), max_stale="4D"))
+    other = _write(tmp_path / "xyz_daily.csv", bars)
+    with pytest.raises(DataError, match="ticker 'xyz'"):
+        predict(_cfg(ckpt, other))
+    assert predict(_cfg(ckpt, other, allow_other_ticker=True))["target_weight"] is not None
+    hourly = bars.set_axis(pd.date_range("2024-01-01", periods=len(bars), freq="h", tz="UTC"))
+    h = tmp_path / "abc_hourly.csv"
+    hourly.to_csv(h, index_label="timestamp")
+    with pytest.raises(DataError, match="bar size"):
+        predict(_cfg(ckpt, str(h)))
+    no_volume = tmp_path / "abc_x.csv"
+    bars.drop(columns=["volume"]).to_csv(no_volume, index_label="timestamp")
+    with pytest.raises(DataError, match="volume"):
+        predict(_cfg(ckpt, str(no_volume)))
+    (tmp_path / "p.json").write_text("{}")
+    with pytest.raises(ConfigError, match="position"):
+        predict(_cfg(ckpt, csv, position=str(tmp_path / "p.json")))
+
+
+@pytest.mark.slow
+def test_cli_prints_json(trained):
+    _, csv, bars, ckpt, _ = trained
+    now = str(bars.index[-1] + pd.Timedelta(days=2)).replace(" ", "T")
+    res = subprocess.run([sys.executable, "-m", "src.predict", f"ckpt_path={ckpt}", f"data={csv}", f"now='{now}'",
+                          "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert {"target_weight", "current_weight", "trade", "last_bar"} <= set(out)
+    res = subprocess.run([sys.executable, "-m", "src.predict", f"ckpt_path={ckpt}", f"data={csv}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "max_stale" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
