@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     run = d / "run"
     run.mkdir()
     small = [o for o in TINY if not o.startswith("env")] + ["env.window=8", "env.episode_length=32"]
-    train_main(compose_cfg([*small, "env=csv", f"env.path={csv}", "env.min_trade=0.01"], run))
+    train_main(compose_cfg([*small, "env=csv", f"env.path={csv}", "env.min_trade=0.0001"], run))
     return d, csv, bars, str(run / "checkpoints" / "best.ckpt"), full
 
 
@@ -63,7 +63,7 @@ def test_the_observation_is_the_training_markets_and_so_is_the_action(trained):
     with torch.no_grad():
         want = module.model(Obs(market.features[-w:][None], torch.zeros(1, 1)))[0].mean
     assert out["target_weight"] == pytest.approx(float(want[0]), abs=1e-6)
-    band = abs(out["target_weight"]) < 0.01  # env.min_trade: a smaller move is not traded
+    band = abs(out["target_weight"]) < cfg.env.min_trade  # a smaller move is not traded
     assert out["current_weight"] == 0.0 and out["trade"] == (0.0 if band else pytest.approx(out["target_weight"]))
     lo, hi = cfg.env.position_limits
     assert lo <= out["target_weight"] <= hi
@@ -130,3 +130,37 @@ def test_cli_prints_json(trained):
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 2 and res.stderr.startswith("error: ") and "max_stale" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_the_exported_policy_walks_the_test_split_as_the_checkpoint_does(trained, tmp_path, fmt):
+    """The exported file, fed the test split's observations, gives the checkpoint's actions: the whole test
+    ledger (positions, costs, equity) is the same to float tolerance."""
+    from src.evaluation import run_policies
+    from src.export import export
+
+    _, _, _, ckpt, _ = trained
+    if fmt == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+    path = export(ckpt, fmt, tmp_path / "export")
+    spec = json.loads((tmp_path / "export" / "policy.json").read_text())
+    module, _, cfg = load_policy(ckpt)
+    market = build(cfg.env)
+    assert spec["mean"] == pytest.approx(list(market.norm_mean), rel=1e-12) and spec["window"] == market.window
+    if fmt == "torchscript":
+        loaded = torch.jit.load(str(path))
+
+        def exported(obs):
+            return loaded(obs.market, obs.position)
+    else:
+        session = ort.InferenceSession(str(path))
+
+        def exported(obs):
+            feed = {"market": obs.market.numpy(), "position": obs.position.numpy()}
+            return torch.as_tensor(session.run(None, feed)[0])
+
+    want = run_policies(market, "test", module.policy())["agent"]
+    got = run_policies(market, "test", exported)["agent"]
+    assert len(got) > 20 and got["position"].abs().max() > 0
+    for col in ("position", "turnover", "cost", "equity"):
+        assert got[col].to_numpy() == pytest.approx(want[col].to_numpy(), abs=1e-5), col
