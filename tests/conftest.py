@@ -79,3 +79,28 @@ def csv_text(bars) -> str:
     df = bars.copy()
     df.index = df.index.strftime("%Y-%m-%d")
     return df.to_csv(index_label="timestamp")
+
+
+def write_bars(path, df) -> str:
+    """Bars to a daily CSV in the shipped format."""
+    out = df.copy()
+    out.index = out.index.strftime("%Y-%m-%d")
+    path.write_text(out.to_csv(index_label="timestamp"))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def trained_agent(tmp_path_factory):
+    """A tiny agent trained on abc_daily.csv (400 bars): the folder, the file, its bars, the checkpoint, and the
+    same history with 60 bars more (what the file would have gained since)."""
+    from src.train import main as train
+
+    d = tmp_path_factory.mktemp("agent")
+    full = generate_bars(n_bars=460, seed=3)
+    bars = full.iloc[:400]
+    csv = write_bars(d / "abc_daily.csv", bars)
+    run = d / "run"
+    run.mkdir()
+    small = [o for o in TINY if not o.startswith("env")] + ["env.window=8", "env.episode_length=32"]
+    train(compose_cfg([*small, "env=csv", f"env.path={csv}", "env.min_trade=0.0001"], run))
+    return d, csv, bars, str(run / "checkpoints" / "best.ckpt"), full

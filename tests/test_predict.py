@@ -12,34 +12,11 @@ import torch
 
 from src.data.features import compute_features
 from src.data.market import load_market
-from src.data.synthetic import generate_bars
 from src.envs.market_env import Obs
 from src.errors import ConfigError, DataError
 from src.predict import drifted_weight, load_policy, observation, predict
-from src.train import main as train_main
 from src.utils import build
-from tests.conftest import ROOT, TINY, compose_cfg
-
-
-def _write(path, df):
-    out = df.copy()
-    out.index = out.index.strftime("%Y-%m-%d")
-    path.write_text(out.to_csv(index_label="timestamp"))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny agent trained on abc_daily.csv; the file, its bars and the checkpoint."""
-    d = tmp_path_factory.mktemp("predict")
-    full = generate_bars(n_bars=460, seed=3)
-    bars = full.iloc[:400]
-    csv = _write(d / "abc_daily.csv", bars)
-    run = d / "run"
-    run.mkdir()
-    small = [o for o in TINY if not o.startswith("env")] + ["env.window=8", "env.episode_length=32"]
-    train_main(compose_cfg([*small, "env=csv", f"env.path={csv}", "env.min_trade=0.0001"], run))
-    return d, csv, bars, str(run / "checkpoints" / "best.ckpt"), full
+from tests.conftest import ROOT, write_bars
 
 
 def _cfg(ckpt, data, **kw):
@@ -50,10 +27,10 @@ def _cfg(ckpt, data, **kw):
     return OmegaConf.create({**base, **kw})
 
 
-def test_the_observation_is_the_training_markets_and_so_is_the_action(trained):
+def test_the_observation_is_the_training_markets_and_so_is_the_action(trained_agent):
     """On the training file, the features window of the last bar is the training market's, to the bit; the target
     is the policy's deterministic action on it; the trade is target - current."""
-    _, csv, bars, ckpt, _ = trained
+    _, csv, bars, ckpt, _ = trained_agent
     module, norm, cfg = load_policy(ckpt)
     market = build(cfg.env)
     w = market.window
@@ -69,11 +46,11 @@ def test_the_observation_is_the_training_markets_and_so_is_the_action(trained):
     assert lo <= out["target_weight"] <= hi
 
 
-def test_a_longer_file_keeps_the_checkpoints_normalisation(trained):
+def test_a_longer_file_keeps_the_checkpoints_normalisation(trained_agent):
     """New bars appended: the statistics are the checkpoint's, i.e. the training file's training split (not the
     longer file's, whose split would move); the last window is normalised with them."""
-    d, _, _, ckpt, more = trained  # the same history, 60 bars more
-    csv = _write(d / "abc_daily.csv.new", more)
+    d, _, _, ckpt, more = trained_agent  # the same history, 60 bars more
+    csv = write_bars(d / "abc_daily.csv.new", more)
     _, norm, cfg = load_policy(ckpt)
     trained_market, longer = build(cfg.env), load_market(csv, window=8)
     assert norm["mean"] == pytest.approx(list(trained_market.norm_mean), rel=1e-12)
@@ -92,14 +69,14 @@ def test_the_position_file_is_drifted_to_the_last_close():
     assert w == pytest.approx(49.5 / 99.5)
 
 
-def test_bad_input_is_refused_in_one_line(trained, tmp_path):
-    _, csv, bars, ckpt, _ = trained
+def test_bad_input_is_refused_in_one_line(trained_agent, tmp_path):
+    _, csv, bars, ckpt, _ = trained_agent
     last = bars.index[-1]
     with pytest.raises(DataError, match="incomplete"):
         predict(_cfg(ckpt, csv, now=str(last + pd.Timedelta(hours=12))))
     with pytest.raises(DataError, match="max_stale"):
         predict(_cfg(ckpt, csv, now=str(last + pd.Timedelta(days=30)), max_stale="4D"))
-    other = _write(tmp_path / "xyz_daily.csv", bars)
+    other = write_bars(tmp_path / "xyz_daily.csv", bars)
     with pytest.raises(DataError, match="ticker 'xyz'"):
         predict(_cfg(ckpt, other))
     assert predict(_cfg(ckpt, other, allow_other_ticker=True))["target_weight"] is not None
@@ -118,8 +95,8 @@ def test_bad_input_is_refused_in_one_line(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_prints_json(trained):
-    _, csv, bars, ckpt, _ = trained
+def test_cli_prints_json(trained_agent):
+    _, csv, bars, ckpt, _ = trained_agent
     now = str(bars.index[-1] + pd.Timedelta(days=2)).replace(" ", "T")
     res = subprocess.run([sys.executable, "-m", "src.predict", f"ckpt_path={ckpt}", f"data={csv}", f"now='{now}'",
                           "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -133,13 +110,13 @@ def test_cli_prints_json(trained):
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_the_exported_policy_walks_the_test_split_as_the_checkpoint_does(trained, tmp_path, fmt):
+def test_the_exported_policy_walks_the_test_split_as_the_checkpoint_does(trained_agent, tmp_path, fmt):
     """The exported file, fed the test split's observations, gives the checkpoint's actions: the whole test
     ledger (positions, costs, equity) is the same to float tolerance."""
     from src.evaluation import run_policies
     from src.export import export
 
-    _, _, _, ckpt, _ = trained
+    _, _, _, ckpt, _ = trained_agent
     if fmt == "onnx":
         ort = pytest.importorskip("onnxruntime")
     path = export(ckpt, fmt, tmp_path / "export")

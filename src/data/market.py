@@ -267,15 +267,7 @@ def build_market(
     std = np.where(std > 1e-12, std, 1.0)
     z = np.clip((x - mean) / std, -NORM_CLIP, NORM_CLIP)
 
-    o, c = bars["open"].to_numpy(), bars["close"].to_numpy()
-    pre, post = np.zeros(n), np.zeros(n)
-    if fill == "open":
-        pre[1:] = o[1:] / c[:-1] - 1  # overnight gap, earned by the position held before the fill
-        post[1:] = c[1:] / o[1:] - 1  # open to close, earned by the new position
-    else:  # filled at the close of the decision bar: optimistic (no delay)
-        post[1:] = c[1:] / c[:-1] - 1
-    dividend = dividend_yields(bars)  # paid to the weight held at the close before the ex-date
-    accrual = accrual_years(bars.index)
+    pre, post, dividend, accrual = bar_series(bars, fill)
     if leak_next_return:
         future = np.append(post[1:], 0.0)
         z[:, 0] = np.clip(future / (future[:n_train].std() + 1e-12), -NORM_CLIP, NORM_CLIP)
@@ -307,6 +299,21 @@ def build_market(
         position_limits=(lo, hi),
         leak_next_return=bool(leak_next_return),
     )
+
+
+def bar_series(bars: pd.DataFrame, fill: str) -> tuple[np.ndarray, ...]:
+    """``(pre, post, dividend, accrual)`` of every bar: the return before and after the fill, the dividend yield
+    paid to the weight held into the bar, and the calendar years since the previous bar (what the env accounts
+    with; src.paper computes them here too, so a paper account and a backtest cannot differ)."""
+    n = len(bars)
+    o, c = bars["open"].to_numpy(), bars["close"].to_numpy()
+    pre, post = np.zeros(n), np.zeros(n)
+    if fill == "open":
+        pre[1:] = o[1:] / c[:-1] - 1  # overnight gap, earned by the position held before the fill
+        post[1:] = c[1:] / o[1:] - 1  # open to close, earned by the new position
+    else:  # filled at the close of the decision bar: optimistic (no delay)
+        post[1:] = c[1:] / c[:-1] - 1
+    return pre, post, dividend_yields(bars), accrual_years(bars.index)
 
 
 def _split_sizes(split: dict, n: int, source: str) -> tuple[int, int, int]:
