@@ -141,3 +141,22 @@ def test_the_exported_policy_walks_the_test_split_as_the_checkpoint_does(trained
     assert len(got) > 20 and got["position"].abs().max() > 0
     for col in ("position", "turnover", "cost", "equity"):
         assert got[col].to_numpy() == pytest.approx(want[col].to_numpy(), abs=1e-5), col
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["ensemble=three"], ["population=3"]])
+def test_members_each_give_their_weight(trained_agent, tmp_path, extra):
+    """An ensemble's and a population's members each report their own weight (the spread is theirs)."""
+    from src.train import main as train
+    from tests.conftest import TINY, compose_cfg
+
+    _, csv, bars, _, _ = trained_agent
+    run = tmp_path / "run"
+    run.mkdir()
+    small = [o for o in TINY if not o.startswith(("env", "trainer.max_steps"))] + ["env.window=8"]
+    train(compose_cfg([*small, "env=csv", f"env.path={csv}", "env.episode_length=32", "trainer.max_steps=2", *extra],
+                      run))  # fmt: skip
+    out = predict(_cfg(str(run / "checkpoints" / "best.ckpt"), csv, now="2100-01-01"))
+    assert len(out["members"]) == 3 and out["member_spread"] == pytest.approx(float(torch.tensor(out["members"]).std(
+        unbiased=False)), rel=1e-5)  # fmt: skip
+    assert len(set(out["members"])) == 3  # independent members disagree
