@@ -150,7 +150,7 @@ def test_members_each_give_their_weight(trained_agent, tmp_path, extra):
     from src.train import main as train
     from tests.conftest import TINY, compose_cfg
 
-    _, csv, bars, _, _ = trained_agent
+    _, csv, _, _, _ = trained_agent
     run = tmp_path / "run"
     run.mkdir()
     small = [o for o in TINY if not o.startswith(("env", "trainer.max_steps"))] + ["env.window=8"]
