@@ -35,7 +35,8 @@ def _many(tmp_path, env: str) -> list[str]:
 
     files = [_csv(tmp_path / f"{t}_daily.csv", n, i, start) for i, (t, n, start) in
              enumerate((("aaa", 900, "2000-01-03"), ("bbb", 700, "2000-10-02"), ("ccc", 800, "2000-06-01")))]  # fmt: skip
-    small = [o for o in TINY if not o.startswith("env")] + ["env.window=8", "env.episode_length=32"]
+    small = [o for o in TINY if not o.startswith(("env", "trainer.max_steps", "trainer.val_check"))]
+    small += ["env.window=8", "env.episode_length=32", "trainer.max_steps=4", "trainer.val_check_interval=2"]
     return [*small, f"env={env}", "env.paths=[" + ",".join(files) + "]", "~env.ticker_costs"]
 
 

@@ -45,9 +45,10 @@ def tsla_section(root: Path, seeds: list[int]) -> list[str]:
 
 def universe_section(root: Path, seeds: list[int]) -> list[str]:
     per: dict[str, dict[str, list[float]]] = {}
-    verdicts = []
+    verdicts, books = [], []
     for s in seeds:
-        _, info = load(root / f"universe_s{s}")
+        m, info = load(root / f"universe_s{s}")
+        books.append((m["test"]["agent"]["sharpe"], m["test"]["buy_and_hold"]["sharpe"]))
         for tk, r in info["universe"]["tickers"].items():
             cell = per.setdefault(tk, {"agent": [], "bh": [], "p": []})
             cell["agent"].append(r["agent"]["sharpe"])
@@ -65,11 +66,11 @@ def universe_section(root: Path, seeds: list[int]) -> list[str]:
         lines.append(f"| {tk} | " + " | ".join(cells) + " |")
     lines += ["", "Pooled verdict of each seed's run (mean over tickers of the paired Sharpe difference against "
               "buy-and-hold, correlation across tickers counted; one-sided p, Holm over the seeds):", "",
-              "| seed | mean difference | 95% interval | one-sided p | Holm over seeds |",
-              "|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for s, v, q in zip(seeds, verdicts, holm([v["p_value"] for v in verdicts]), strict=True):
+              "| seed | mean difference | 95% interval | one-sided p | Holm over seeds | pooled book Sharpe: agent "
+              "| pooled buy-and-hold |", "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for s, v, q, b in zip(seeds, verdicts, holm([v["p_value"] for v in verdicts]), books, strict=True):
         lines.append(f"| {s} | {v['diff']:+.2f} | [{v['ci_low']:+.2f}, {v['ci_high']:+.2f}] | {v['p_value']:.3f} | "
-                     f"{q:.3f} |")  # fmt: skip
+                     f"{q:.3f} | {b[0]:.2f} | {b[1]:.2f} |")  # fmt: skip
     return lines
 
 
