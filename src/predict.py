@@ -49,9 +49,14 @@ def load_policy(ckpt_path: str):
     if "paths" in cfg.env:
         raise ConfigError(f"ckpt_path: {ckpt_path} was trained on many markets; src.predict takes one-asset agents")
     norm = ckpt.get("tradelab", {}).get("norm")
-    if norm is None:
-        raise ConfigError(f"ckpt_path: {ckpt_path} was saved without its normalisation statistics (an older "
-                          "checkpoint); retrain, or re-save it with this version")  # fmt: skip
+    if norm is None:  # an older checkpoint: rebuild its training market, if its data file is unchanged
+        from src.lit_state import refuse_changed_data
+        from src.utils import build
+
+        trained = build(cfg.env)
+        remedy = "this checkpoint predates saved statistics, so they come from that file: retrain on the new one"
+        refuse_changed_data(ckpt.get("tradelab", {}).get("market", {}).get("sha256"), trained, remedy, "ckpt_path: ")
+        norm = trained.norm_state()
     market = shell_market(cfg, norm)
     population = int(cfg.get("population", 1) or 1)
     if population > 1:

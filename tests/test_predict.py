@@ -160,3 +160,21 @@ def test_members_each_give_their_weight(trained_agent, tmp_path, extra):
     assert len(out["members"]) == 3 and out["member_spread"] == pytest.approx(float(torch.tensor(out["members"]).std(
         unbiased=False)), rel=1e-5)  # fmt: skip
     assert len(set(out["members"])) == 3  # independent members disagree
+
+
+def test_an_older_checkpoint_gets_its_statistics_from_its_unchanged_file(trained_agent, tmp_path):
+    """A checkpoint saved before the statistics were: rebuilt from its data file when that is unchanged (the same
+    target), refused when the file changed."""
+    _, csv, _, ckpt, more = trained_agent
+    saved = torch.load(ckpt, weights_only=False)
+    del saved["tradelab"]["norm"]
+    old = tmp_path / "old.ckpt"
+    torch.save(saved, old)
+    now = "2100-01-01"
+    assert predict(_cfg(str(old), csv, now=now))["target_weight"] == predict(_cfg(ckpt, csv, now=now))["target_weight"]
+    changed = tmp_path / "abc_daily.csv"
+    write_bars(changed, more)
+    saved["hyper_parameters"]["cfg"]["env"]["path"] = str(changed)
+    torch.save(saved, old)
+    with pytest.raises(ConfigError, match="data changed"):
+        predict(_cfg(str(old), str(changed), now=now))
