@@ -16,6 +16,7 @@ complete (``now`` before their end) are left for a later invocation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -30,12 +31,12 @@ from omegaconf import DictConfig
 
 from src.broker import SimulatedBroker
 from src.data.features import compute_features
-from src.data.loader import load_ohlcv, resolve_path
+from src.data.loader import file_sha256, load_ohlcv, resolve_path
 from src.data.market import NORM_CLIP, bar_series
 from src.envs.market_env import Obs
 from src.errors import ConfigError, DataError
 from src.evaluation import EvalResult, ledger_metrics
-from src.predict import check_bars, load_policy
+from src.predict import bar_at, check_bars, load_policy
 from src.utils import one_line_errors
 
 COLUMNS = ("position", "turnover", "cost", "gross_return", "dividend", "financing", "net_return", "risk_free",
@@ -60,10 +61,17 @@ def meta(db: sqlite3.Connection) -> dict:
     return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
 
 
-def open_account(db: sqlite3.Connection, ckpt_path: str, data: str, start: str) -> dict:
-    """Record the account's checkpoint, data file and first decision bar (refused if it already has others)."""
+def history_hash(bars: pd.DataFrame, upto: int) -> str:
+    """SHA-256 of the file's bars up to row ``upto`` (inclusive): what every decision so far observed."""
+    rows = bars.iloc[: upto + 1][["open", "high", "low", "close", "volume"]]
+    return hashlib.sha256(np.ascontiguousarray(rows.to_numpy(np.float64)).tobytes() + str(rows.index[-1]).encode()
+                          ).hexdigest()  # fmt: skip
+
+
+def open_account(db: sqlite3.Connection, want: dict) -> dict:
+    """Record the account's checkpoint (path and SHA-256), data file and first decision bar; refused if it was
+    opened with others."""
     have = meta(db)
-    want = {"ckpt_path": str(Path(ckpt_path).resolve()), "data": str(resolve_path(data)), "from": str(start)}
     if have:
         if any(have.get(k) != v for k, v in want.items()):
             raise ConfigError(f"account: already opened with {have}; use another account file for {want}")
@@ -86,22 +94,34 @@ def last_state(db: sqlite3.Connection) -> dict[str, tuple[str, float, float]] | 
 def step_account(cfg: DictConfig) -> int:
     """Process every complete bar since the last one; returns how many were written."""
     db = connect(cfg.account)
-    acct = meta(db) if cfg.get("ckpt_path") is None else open_account(db, cfg.ckpt_path, cfg.data, cfg.get("from"))
-    if not acct:
+    acct = meta(db)
+    opening = cfg.get("ckpt_path") is not None
+    if not acct and not opening:
         raise ConfigError(f"account: {cfg.account} has not been opened: give ckpt_path=, data= and from=")
-    module, norm, train_cfg = load_policy(acct["ckpt_path"])
-    bars = load_ohlcv(acct["data"], max_gap=train_cfg.env.get("max_gap"))
+    if opening and (cfg.get("data") is None or cfg.get("from") is None):
+        raise ConfigError("account: opening one needs ckpt_path=, data= and from=<the first decision bar's date>")
+    ckpt = str(Path(cfg.ckpt_path if opening else acct["ckpt_path"]).resolve())
+    module, norm, train_cfg = load_policy(ckpt)
+    if int(train_cfg.get("population", 1) or 1) > 1:
+        raise ConfigError("account: a population is several agents; open one account per member's own run")
+    data = str(resolve_path(cfg.data)) if opening else acct["data"]
+    bars = load_ohlcv(data, max_gap=train_cfg.env.get("max_gap"))
+    start = bar_at(bars, cfg.get("from") if opening else acct["from"], data, "from")
+    want = {"ckpt_path": ckpt, "ckpt_sha256": file_sha256(Path(ckpt)), "data": data, "from": str(bars.index[start])}
+    if not acct:
+        check_bars(bars.iloc[: start + 1], data, norm, bars.index[start] + pd.Timedelta(days=3650), None,
+                   bool(cfg.get("allow_other_ticker")))  # fmt: skip
+        acct = open_account(db, want)  # checked first: a bad path or date leaves no account behind
+    elif want["ckpt_sha256"] != acct.get("ckpt_sha256"):
+        raise ConfigError(f"account: {ckpt} changed since the account was opened (SHA-256); its decisions would "
+                          "come from another model: open a new account")  # fmt: skip
     now = pd.Timestamp.now(tz="UTC") if cfg.get("now") is None else pd.Timestamp(cfg.now)
     now = now.tz_localize("UTC") if now.tzinfo is None else now
     step = pd.Series(bars.index).diff().median()
     complete = int((bars.index + step <= now).sum())  # bars are in order: the complete ones come first
     if complete == 0:
         return 0
-    check_bars(bars.iloc[:complete], acct["data"], norm, now, cfg.get("max_stale"), True)
-    start = pd.Timestamp(acct["from"])
-    start = start.tz_localize("UTC") if start.tzinfo is None else start
-    if start not in bars.index:
-        raise DataError(f"{acct['data']}: from={acct['from']} is not a bar of the file")
+    check_bars(bars.iloc[:complete], data, norm, now, cfg.get("max_stale"), bool(cfg.get("allow_other_ticker")))
     w = int(norm["window"])
     z = np.clip((compute_features(bars).to_numpy(np.float64) - np.asarray(norm["mean"])) / np.asarray(norm["std"]),
                 -NORM_CLIP, NORM_CLIP)  # fmt: skip
@@ -112,33 +132,43 @@ def step_account(cfg: DictConfig) -> int:
     bh = SimulatedBroker(series, module.market.costs, band, fill, (-np.inf, np.inf))  # not bound by the agent's limits
     policy = module.policy()
     state = last_state(db)
-    t = bars.index.get_loc(start) if state is None else bars.index.get_loc(pd.Timestamp(state["agent"][0]))
+    if state is None:
+        t = start
+    else:
+        last = pd.Timestamp(state["agent"][0])
+        if last not in bars.index:
+            raise DataError(f"{data}: the account's last bar {last} is no longer in the file (history rewritten)")
+        t = int(bars.index.get_loc(last))
+        if history_hash(bars, t) != acct.get("history_sha256"):
+            raise DataError(f"{data}: bars up to {last}, which the account's decisions observed, have changed "
+                            "since (a rewritten history); open a new account on the revised file")  # fmt: skip
     books = {b: (1.0, 0.0) for b in BOOKS} if state is None else {b: state[b][1:] for b in BOOKS}
-    if t < w + 34:
-        raise DataError(f"{acct['data']}: from={acct['from']} leaves fewer than the window + warm-up bars before it")
     written = 0
     crash_after = int(os.environ.get("TRADELAB_PAPER_CRASH_AFTER", "-1"))  # tests: die inside a transaction
+    names = len(getattr(policy, "names", ["agent"]))  # an ensemble acts with its aggregate (row 0)
     while t + 1 < complete:
-        decided = bars.index[t]
         targets = {}
         with torch.no_grad():
             eq, held = books["agent"]
-            names = len(getattr(policy, "names", ["agent"]))
             obs = Obs(feats[t - w + 1 : t + 1][None].expand(names, -1, -1), torch.full((names, 1), held))
-            alive = eq > module.market.min_equity
-            targets["agent"] = float(policy(obs).reshape(-1)[0]) if alive else 0.0
-        targets["buy_and_hold"] = 1.0
+            targets["agent"] = float(policy(obs).reshape(-1)[0]) if eq > module.market.min_equity else 0.0
+        targets["buy_and_hold"] = 1.0 if books["buy_and_hold"][0] > module.market.min_equity else 0.0
         db.execute("BEGIN IMMEDIATE")
+        now_last = db.execute("SELECT MAX(bar) FROM ledger").fetchone()[0]
+        if now_last != (None if state is None and written == 0 else str(bars.index[t])):
+            db.execute("ROLLBACK")
+            raise ConfigError(f"account: another process is updating {cfg.account}; run one at a time")
         for book in BOOKS:
             eq, held = books[book]
             f = (broker if book == "agent" else bh).execute(held, targets[book], t + 1)
             eq = eq * (1 + f.net_return)
             db.execute(f"INSERT INTO ledger VALUES (?, ?, ?, ?, {', '.join('?' * len(COLUMNS))})",
-                       (str(bars.index[t + 1]), book, str(decided), f.target, f.position, f.turnover, f.cost,
+                       (str(bars.index[t + 1]), book, str(bars.index[t]), f.target, f.position, f.turnover, f.cost,
                         f.gross_return, f.dividend, f.financing, f.net_return, f.risk_free, eq, f.drifted))  # fmt: skip
             books[book] = (eq, f.drifted)
             if written == crash_after:
                 os._exit(9)  # a kill between the two books' rows: the transaction must roll back
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('history_sha256', ?)", (json.dumps(history_hash(bars, t + 1)),))
         db.execute("COMMIT")
         written += 1
         t += 1
@@ -170,8 +200,12 @@ def report(cfg: DictConfig) -> dict:
     bpy = float(norm["bars_per_year"])
     res = {"paper": {b: EvalResult("paper", df, ledger_metrics(df, bpy)) for b, df in led.items()}}
     judged = verdict(res, bpy, in_sample=False)
-    print(f"paper account {cfg.account}: {acct['ckpt_path']} on {acct['data']} from {acct['from']}, "
-          f"{len(led['agent'])} bars\n\n{metrics_table(res)}\n\n{judged['sentence']}", flush=True)  # fmt: skip
+    a, b = led["agent"]["equity"], led["buy_and_hold"]["equity"]
+    at = np.unique(np.linspace(0, len(a) - 1, min(len(a), 12)).round().astype(int))  # the curve, 12 points
+    head = ["| bar | agent equity | buy-and-hold equity |", "|---|---:|---:|"]
+    curve = "\n".join(head + [f"| {a.index[i]} | {a.iloc[i]:.4f} | {b.iloc[i]:.4f} |" for i in at])
+    title = f"paper account {cfg.account}: {acct['ckpt_path']} on {acct['data']} from {acct['from']}"
+    print(f"{title}, {len(a)} bars\n\n{curve}\n\n{metrics_table(res)}\n\n{judged['sentence']}", flush=True)
     return {"metrics": {b: r.metrics for b, r in res["paper"].items()}, "verdict": judged}
 
 

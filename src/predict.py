@@ -36,6 +36,8 @@ from src.envs.market_env import Obs
 from src.errors import ConfigError, DataError
 from src.utils import one_line_errors
 
+MIN_HISTORY = 200  # rows: past ~100 the features' EMA seeds are below 0.001 training std (measured), past 200 nil
+
 
 def load_policy(ckpt_path: str):
     """``(module, norm, cfg)``: the checkpoint's model in eval mode, its saved normalisation and its config."""
@@ -86,16 +88,25 @@ def shell_market(cfg: DictConfig, norm: dict) -> Market:
 
 
 def check_bars(bars: pd.DataFrame, path: str, norm: dict, now: pd.Timestamp, max_stale, other_ticker: bool):
-    """The last complete bar's end, after refusing another bar size or ticker, an incomplete or a stale bar."""
-    per_year, _ = infer_calendar(local_time(bars), path)
-    if abs(per_year - float(norm["bars_per_year"])) > 1e-6 * per_year:
-        raise DataError(f"{path}: {per_year:g} bars a year, the checkpoint was trained on "
-                        f"{float(norm['bars_per_year']):g} (another bar size)")  # fmt: skip
+    """The last complete bar's end, after refusing a short history, another bar size or ticker, an incomplete or a
+    stale bar."""
+    if len(bars) < MIN_HISTORY:
+        raise DataError(f"{path}: {len(bars)} rows; the features' exponential averages need at least {MIN_HISTORY} "
+                        "bars of history to match training's (a shorter file observes other values)")  # fmt: skip
+    step = pd.Series(bars.index).diff().median()
+    if "bar_seconds" in norm:  # the training file's median interval (a set env.bars_per_year cannot mislead it)
+        if abs(step.total_seconds() - norm["bar_seconds"]) > 0.01 * norm["bar_seconds"]:
+            raise DataError(f"{path}: bars every {step}, the checkpoint was trained on bars every "
+                            f"{pd.Timedelta(seconds=norm['bar_seconds'])} (another bar size)")  # fmt: skip
+    else:
+        per_year, _ = infer_calendar(local_time(bars), path)
+        if abs(per_year - float(norm["bars_per_year"])) > 1e-6 * per_year:
+            raise DataError(f"{path}: {per_year:g} bars a year, the checkpoint was trained on "
+                            f"{float(norm['bars_per_year']):g} (another bar size)")  # fmt: skip
     trained = ticker_name(norm.get("source", "")) if norm.get("source") else None
     if trained and ticker_name(path) != trained and not other_ticker:
         raise DataError(f"{path}: ticker {ticker_name(path)!r}, the checkpoint was trained on {trained!r}; "
                         "allow_other_ticker=true to apply it anyway")  # fmt: skip
-    step = pd.Series(bars.index).diff().median()
     end = bars.index[-1] + step
     if now < end:
         raise DataError(f"{path}: the last bar ({bars.index[-1]}) is incomplete until {end} (now {now}); "
@@ -123,13 +134,23 @@ def drifted_weight(position: dict, bars: pd.DataFrame, path: str) -> float:
         w, as_of = float(position["weight"]), pd.Timestamp(position["as_of"])
     except (KeyError, TypeError, ValueError):
         raise ConfigError('position: expected {"weight": <float>, "as_of": "<date of a bar>"}') from None
-    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
-    if as_of not in bars.index:
-        raise DataError(f"{path}: position as_of {as_of} is not a bar of the file")
-    close = bars["close"].to_numpy()[bars.index.get_loc(as_of) :]
+    at = bar_at(bars, as_of, path, "position as_of")
+    close = bars["close"].to_numpy()[at:]
     for r in close[1:] / close[:-1] - 1:
         w = w * (1 + r) / (1 + w * r)
     return float(w)
+
+
+def bar_at(bars: pd.DataFrame, when, path: str, what: str) -> int:
+    """The row of the bar at ``when``: its exact timestamp, or a date that names one bar of the file."""
+    ts = pd.Timestamp(when)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    if ts in bars.index:
+        return int(bars.index.get_loc(ts))
+    same = (local_time(bars).normalize() == ts.tz_localize(None).normalize()).nonzero()[0]
+    if len(same) == 1 and ts == ts.normalize():
+        return int(same[0])
+    raise DataError(f"{path}: {what} {when} is not a bar of the file (give its timestamp)")
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from src.errors import ConfigError, DataError
 from src.evaluation import evaluate_split
 from src.paper import connect, ledgers, report, step_account
 from src.predict import load_policy
@@ -81,3 +82,33 @@ def test_a_kill_mid_write_loses_nothing_and_repeats_nothing(trained_agent, tmp_p
     rep = subprocess.run([sys.executable, "-m", "src.paper", "report", f"account={killed}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert rep.returncode == 0 and "buy and hold" in rep.stdout, rep.stderr[-2000:]
+
+
+def test_an_account_refuses_another_model_or_a_rewritten_history(trained_agent, tmp_path):
+    """The account pins its checkpoint (SHA-256) and the bars its decisions observed: a retrained checkpoint at
+    the same path, or an earlier bar revised in the file, is refused in one line; so is an unopened account."""
+    import shutil
+
+    import torch
+
+    _, _, bars, ckpt, _ = trained_agent
+    mine = tmp_path / "best.ckpt"
+    shutil.copy(ckpt, mine)
+    csv = tmp_path / "abc_daily.csv"
+    write_bars(csv, bars.iloc[:380])
+    acct = tmp_path / "acct.db"
+    with pytest.raises(ConfigError, match="has not been opened"):
+        step_account(_cfg(acct))
+    assert step_account(_cfg(acct, ckpt_path=str(mine), data=str(csv), **{"from": str(bars.index[370].date())})) == 9
+    write_bars(csv, bars.iloc[:385])
+    revised = bars.iloc[:385].copy()
+    revised.iloc[372, revised.columns.get_loc("volume")] *= 1.5  # a corrected volume the account already observed
+    write_bars(csv, revised)
+    with pytest.raises(DataError, match="rewritten history"):
+        step_account(_cfg(acct))
+    write_bars(csv, bars.iloc[:385])
+    saved = torch.load(mine, weights_only=False)
+    saved["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in saved["state_dict"].items()}
+    torch.save(saved, mine)  # "retrained" at the same path
+    with pytest.raises(ConfigError, match="changed since the account was opened"):
+        step_account(_cfg(acct))

@@ -89,6 +89,9 @@ def test_bad_input_is_refused_in_one_line(trained_agent, tmp_path):
     bars.drop(columns=["volume"]).to_csv(no_volume, index_label="timestamp")
     with pytest.raises(DataError, match="volume"):
         predict(_cfg(ckpt, str(no_volume)))
+    short = write_bars(tmp_path / "abc_daily.csv", bars.iloc[-150:])
+    with pytest.raises(DataError, match="at least 200"):
+        predict(_cfg(ckpt, short))
     (tmp_path / "p.json").write_text("{}")
     with pytest.raises(ConfigError, match="position"):
         predict(_cfg(ckpt, csv, position=str(tmp_path / "p.json")))

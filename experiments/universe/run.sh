@@ -18,6 +18,14 @@ done
 for s in $SEEDS; do
   jobs+=("env=portfolio seed=$s model.d_model=32 model.n_layers=1 model.d_ff=64 algo.num_envs=16 algo.rollout_steps=64 hydra.run.dir=$OUT/portfolio_s$s")
 done
+# the portfolio again at the default budget (1280 gradient steps), seeds 0 and 1: LONG=1 bash experiments/universe/run.sh
+if [ "${LONG:-0}" = 1 ]; then
+  jobs=()
+  COMMON="trainer.max_steps=1280 trainer.enable_progress_bar=false threads=1"
+  for s in 0 1; do
+    jobs+=("env=portfolio seed=$s model.d_model=32 model.n_layers=1 model.d_ff=64 algo.num_envs=16 algo.rollout_steps=64 hydra.run.dir=$OUT/portfolio_long_s$s")
+  done
+fi
 run() { [ -f "$2/report.md" ] && return 0; python -m src.train $1 $COMMON > "$2.log" 2>&1; }
 mkdir -p $OUT
 i=0

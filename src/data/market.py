@@ -164,6 +164,7 @@ class Market:
         return {"mean": [float(x) for x in self.norm_mean], "std": [float(x) for x in self.norm_std],
                 "features": list(self.feature_names), "window": int(self.window),
                 "bars_per_year": float(self.bars_per_year), "source": str(self.source),
+                "bar_seconds": float(pd.Series(self.bars.index).diff().median().total_seconds()),
                 "sha256": self.data_hash}  # fmt: skip
 
     def decision_range(self, split: str) -> tuple[int, int]:
