@@ -27,10 +27,21 @@ def _cfg(account, **kw):
     return OmegaConf.create({**base, **kw})
 
 
-def test_bar_by_bar_paper_trading_is_the_backtest(trained_agent, tmp_path):
+@pytest.mark.parametrize("costly", [False, True])
+def test_bar_by_bar_paper_trading_is_the_backtest(trained_agent, tmp_path, costly):
     """The test split's last 20 bars, one invocation per new bar (the file growing by one row each time): the
-    same positions, costs and equity as evaluating those bars in one go; a second run changes nothing."""
+    same positions, costs and equity as evaluating those bars in one go; a second run changes nothing. ``costly``:
+    the same network with a cash rate, borrow and margin fees and a no-trade band the agent's moves straddle."""
     _, _, bars, ckpt, _ = trained_agent
+    if costly:
+        import torch
+
+        saved = torch.load(ckpt, weights_only=False)
+        env = saved["hyper_parameters"]["cfg"]["env"]
+        env["min_trade"] = 0.0005
+        env["costs"].update(cash_rate_bps=400.0, borrow_bps=50.0, margin_rate_bps=600.0, spread_bps=10.0)
+        ckpt = str(tmp_path / "costly.ckpt")
+        torch.save(saved, ckpt)
     module, _, cfg = load_policy(ckpt)
     market = build(cfg.env)
     tr, va, te = (b - a for a, b in (market.splits[s] for s in ("train", "val", "test")))
@@ -52,6 +63,9 @@ def test_bar_by_bar_paper_trading_is_the_backtest(trained_agent, tmp_path):
         for col in ("position", "turnover", "cost", "net_return", "equity"):
             assert g[col].to_numpy() == pytest.approx(w[col].to_numpy(), rel=1e-5, abs=1e-7), (book, col)
     assert got["agent"]["position"].abs().max() > 0
+    if costly:  # the band held the book on some bars and not on others; cash earned interest
+        traded = got["agent"]["turnover"].to_numpy() > 0
+        assert 0 < traded.sum() < 20 and (got["agent"]["financing"] != 0).all()
     before = pd.read_sql_query("SELECT * FROM ledger", sqlite3.connect(acct))
     assert step_account(_cfg(acct)) == 0  # run twice: nothing new, nothing changed
     assert pd.read_sql_query("SELECT * FROM ledger", sqlite3.connect(acct)).equals(before)
