@@ -38,7 +38,7 @@ def universe_tsla(run: Path):
 
 def main() -> None:
     root = Path(sys.argv[1])
-    seeds = [int(s) for s in (sys.argv[2].split() if len(sys.argv) > 2 else "0 1 2 3".split())]
+    seeds = [int(s) for s in (sys.argv[2].split() if len(sys.argv) > 2 else ["0", "1", "2", "3"])]
     rows, uni, alone = [], [], []
     for s in seeds:
         res = universe_tsla(root / f"universe_s{s}")
