@@ -152,7 +152,8 @@ class StepHooks:
     def _tb(self):
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        return self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
+        tb = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+        return None if tb is None else tb.experiment
 
 
 def first_nonfinite(*named: tuple[str, torch.Tensor]) -> str | None:

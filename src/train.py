@@ -39,6 +39,7 @@ from src.lit_module import PPOModule
 from src.lit_population import PopulationModule
 from src.lit_portfolio import PortfolioModule
 from src.lit_universe import UniverseModule
+from src.loggers import as_list
 from src.population_report import write_population_outputs
 from src.portfolio_eval import portfolio_section
 from src.profit_target import ProfitTarget
@@ -223,7 +224,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     if zero:
         atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
 
-    logger = build(cfg.logger) if cfg.get("logger") else False
+    logger = build(cfg.logger, _recursive_=False) if cfg.get("logger") else False  # many: a list
     callbacks = _callbacks(cfg, run_dir)
     ckpt_cb = next(c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor == "val/sharpe")
     last = Path(ckpt_cb.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
@@ -233,8 +234,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     )
     if resume and not last.is_file():
         raise ConfigError(f"resume: no {last} to continue from (the run stopped before its first checkpoint)")
-    if logger and zero:
-        logger.log_hyperparams(
+    for lg in as_list(logger) if zero else []:
+        lg.log_hyperparams(
             {
                 "seed": cfg.seed,
                 "parameters": info["parameters"],
