@@ -30,13 +30,12 @@ import torch
 from omegaconf import DictConfig
 
 from src.broker import SimulatedBroker
-from src.data.features import compute_features
 from src.data.loader import file_sha256, load_ohlcv, resolve_path
-from src.data.market import NORM_CLIP, bar_series
+from src.data.market import bar_series
 from src.envs.market_env import Obs
 from src.errors import ConfigError, DataError
 from src.evaluation import EvalResult, ledger_metrics
-from src.predict import bar_at, check_bars, load_policy
+from src.predict import bar_at, check_bars, load_policy, normalised_features
 from src.utils import one_line_errors
 
 COLUMNS = ("position", "turnover", "cost", "gross_return", "dividend", "financing", "net_return", "risk_free",
@@ -124,9 +123,7 @@ def step_account(cfg: DictConfig) -> int:
         return 0
     check_bars(bars.iloc[:complete], data, norm, now, cfg.get("max_stale"), bool(cfg.get("allow_other_ticker")))
     w = int(norm["window"])
-    z = np.clip((compute_features(bars).to_numpy(np.float64) - np.asarray(norm["mean"])) / np.asarray(norm["std"]),
-                -NORM_CLIP, NORM_CLIP)  # fmt: skip
-    feats = torch.as_tensor(z, dtype=torch.float32)
+    feats = normalised_features(bars, norm)
     fill, band = str(train_cfg.env.fill), float(train_cfg.env.min_trade)
     series = bar_series(bars, fill)
     broker = SimulatedBroker(series, module.market.costs, band, fill, module.market.position_limits)

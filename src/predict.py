@@ -117,15 +117,21 @@ def check_bars(bars: pd.DataFrame, path: str, norm: dict, now: pd.Timestamp, max
     return end
 
 
+def normalised_features(bars: pd.DataFrame, norm: dict) -> torch.Tensor:
+    """(T, F): every bar's causal features, normalised with the checkpoint's training statistics (as
+    :func:`src.data.market.build_market` normalises its own)."""
+    x = compute_features(bars).to_numpy(np.float64)
+    z = np.clip((x - np.asarray(norm["mean"])) / np.asarray(norm["std"]), -NORM_CLIP, NORM_CLIP)
+    return torch.as_tensor(z, dtype=torch.float32)
+
+
 def observation(bars: pd.DataFrame, norm: dict, path: str) -> torch.Tensor:
     """(1, window, F): the last ``window`` feature rows, normalised with the checkpoint's statistics."""
     w = int(norm["window"])
-    feats = compute_features(bars)
-    x = feats.to_numpy(np.float64)[-w:]
-    if len(bars) < w + 35 or not np.isfinite(x).all():
+    z = normalised_features(bars, norm)[-w:]
+    if len(bars) < w + 35 or not torch.isfinite(z).all():
         raise DataError(f"{path}: {len(bars)} rows are too few for a {w}-bar window after the feature warm-up")
-    z = np.clip((x - np.asarray(norm["mean"])) / np.asarray(norm["std"]), -NORM_CLIP, NORM_CLIP)
-    return torch.as_tensor(z, dtype=torch.float32)[None]
+    return z[None]
 
 
 def drifted_weight(position: dict, bars: pd.DataFrame, path: str) -> float:
@@ -134,11 +140,9 @@ def drifted_weight(position: dict, bars: pd.DataFrame, path: str) -> float:
         w, as_of = float(position["weight"]), pd.Timestamp(position["as_of"])
     except (KeyError, TypeError, ValueError):
         raise ConfigError('position: expected {"weight": <float>, "as_of": "<date of a bar>"}') from None
-    at = bar_at(bars, as_of, path, "position as_of")
-    close = bars["close"].to_numpy()[at:]
-    for r in close[1:] / close[:-1] - 1:
-        w = w * (1 + r) / (1 + w * r)
-    return float(w)
+    close = bars["close"].to_numpy()
+    g = close[-1] / close[bar_at(bars, as_of, path, "position as_of")]  # the asset's growth since; cash stays
+    return float(w * g / (1 + w * (g - 1)))
 
 
 def bar_at(bars: pd.DataFrame, when, path: str, what: str) -> int:
