@@ -42,11 +42,9 @@ def pooled_book(ledgers: list[pd.DataFrame]) -> pd.DataFrame:
         raise ValueError("the tickers' ledgers share fewer than 2 dates: nothing to pool")
     parts = [df.loc[dates] for df in ledgers]
     # each book's growth from one common date to the next (over any date another ticker lacks, too), compounded
-    # in float64 from its returns (the float32 equity column's rounding would swamp a nearly flat book's returns)
-    level = np.stack([pd.Series(np.cumprod(1 + df["net_return"].to_numpy(np.float64)), df.index).loc[dates]
-                      for df in ledgers], 1)  # fmt: skip
-    first = np.array([1 + float(p["net_return"].iloc[0]) for p in parts])
-    equity = level / (level[0] / first)  # each book 1 before the first common date
+    # in float64 from its returns (the float32 equity column's rounding would swamp a nearly flat book's returns);
+    # each book is 1 before the first common date
+    equity = np.stack([np.cumprod(1 + on_dates(df, dates)["net_return"].to_numpy()) for df in ledgers], 1)
     before = np.vstack([np.ones((1, len(parts))), equity[:-1]])  # each book's equity at the start of the bar
     w = before / before.sum(1, keepdims=True)
     out = {k: (np.stack([p[k].to_numpy() for p in parts], 1) * w).sum(1) for k in COLUMNS[1:-1]}
