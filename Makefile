@@ -28,8 +28,8 @@ test-fast: $(STAMP)  ## the suite without the slow end-to-end tests
 	$(PYTHON) -m pytest -q -m "not slow"
 
 lint: $(STAMP)  ## ruff lint and format check
-	$(PYTHON) -m ruff check src tests experiments
-	$(PYTHON) -m ruff format --check src tests experiments
+	$(PYTHON) -m ruff check src tests experiments hydra_plugins .ci
+	$(PYTHON) -m ruff format --check src tests experiments hydra_plugins .ci
 
 format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(PYTHON) -m ruff check --fix src tests

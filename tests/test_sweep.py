@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -22,31 +25,38 @@ SWEEP = [
 ]
 
 
-def _sweep(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "src.train", "-m", "hparams_search=ppo_optuna", *SWEEP, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _start(*args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "src.train", "-m", "hparams_search=ppo_optuna", *SWEEP, *args]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
 
 
 @pytest.mark.slow
 def test_optuna_sweep_shared_storage_and_from_sweep(tmp_path):
-    optuna = pytest.importorskip("optuna")
+    """Two processes share one SQLite study of 4 trials on Optuna >= 4 and SQLAlchemy 2; Optuna's own API (what
+    optuna-dashboard reads) finds the curve-fit reports and the validation Sharpe as separately named values."""
+    import optuna
+
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     a, b = tmp_path / "a", tmp_path / "b"
-    common = [f"hydra.sweeper.storage={db}", "hydra.sweeper.study_name=t"]
-    res = _sweep("hydra.sweeper.n_trials=3", f"hydra.sweep.dir={a}", *common)
-    assert res.returncode == 0, res.stderr[-3000:]
-    # a second process joins the same study through the storage (what several machines would do)
-    res = _sweep("hydra.sweeper.n_trials=1", f"hydra.sweep.dir={b}", *common)
-    assert res.returncode == 0, res.stderr[-3000:]
+    common = [f"hydra.sweeper.storage={db}", "hydra.sweeper.study_name=t", "hydra.sweeper.n_trials=4",
+              "hydra.sweeper.heartbeat_interval=1"]  # fmt: skip
+    procs = [_start(f"hydra.sweep.dir={d}", *common) for d in (a, b)]  # at once, as on two machines
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
     study = optuna.load_study(study_name="t", storage=db)
-    assert len(study.trials) == 4
+    assert len(study.trials) == 4  # the study's total, shared: not 4 per process
     assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
-    assert all(t.intermediate_values for t in study.trials)  # the curve fit reported to every trial
+    ran = [{t.number for t in study.trials if t.user_attrs["run_dir"].startswith(str(d))} for d in (a, b)]
+    assert ran[0] and ran[1] and not ran[0] & ran[1]  # both processes ran trials, none twice
+    assert study.metric_names == ["val_sharpe"] and "curve-fit" in study.user_attrs["intermediate_values"]
+    for t in study.trials:
+        assert len(t.intermediate_values) >= 2  # the curve fit reported at each check from min_points on
+        assert t.user_attrs["val_sharpe"] != t.intermediate_values[max(t.intermediate_values)]
+        assert t.user_attrs["run_dir"].endswith(f"trial_{t.number}")  # one directory per Optuna trial
+    # a process whose share is done waits for the other's last trial, so both write the whole study's summary
+    assert len(pd.read_csv(a / "trials.csv")) == 4
 
     trials = pd.read_csv(b / "trials.csv")
     cols = {"trial", "state", "val_sharpe", "val_checks", "curve_fit_prediction", "lr_scale", "optimizer"}
@@ -86,6 +96,44 @@ def test_optuna_sweep_shared_storage_and_from_sweep(tmp_path):
     assert cfg.algo.clip_coef == pytest.approx(study.best_params["algo.clip_coef"])
 
 
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_losing_a_trial(tmp_path):
+    """SIGKILL a sweep in its second trial, run the same command again: the dead trial goes stale (no heartbeat),
+    is failed and re-queued with its parameters, and the study ends with every one of its 3 trials."""
+    import optuna
+
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.sweeper.storage={db}", "hydra.sweeper.study_name=k",
+            "hydra.sweeper.n_trials=3", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]  # fmt: skip
+    first = _start(*args)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="k", storage=db).trials
+        except (KeyError, ValueError, optuna.exceptions.StorageInternalError):
+            continue  # not created yet
+        if any(t.number == 1 and t.state.name == "RUNNING" for t in trials):
+            break
+    assert first.poll() is None, "the sweep ended before its second trial ran"
+    time.sleep(2)  # well inside the trial
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    killed = optuna.load_study(study_name="k", storage=db).trials
+    assert [t.state.name for t in killed][1:] == ["RUNNING"]  # what a crash leaves behind
+
+    second = _start(*args)  # the same command
+    _, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name="k", storage=db).trials
+    states = [t.state.name for t in trials]
+    assert len(trials) == 4 and states[1] == "FAIL" and set(states[:1] + states[2:]) <= {"COMPLETE", "PRUNED"}
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 1)
+    assert retry.params == trials[1].params  # the dead trial's parameters ran again
+    table = pd.read_csv(tmp_path / "sweep" / "trials.csv").set_index("trial")
+    assert table.state.tolist() == states and table.retry_of[retry.number] == 1
+
+
 def _fake_run(d, sharpes: list[float], seed: int):
     import json
 
@@ -103,20 +151,21 @@ def _fake_run(d, sharpes: list[float], seed: int):
 def test_sweep_summary_reports_measured_values_and_effective_trials(tmp_path):
     """A pruned trial's Optuna value is its last report (the curve fit's extrapolation): the summary must use
     the measured validation Sharpe, count every check of every trial, and show only the best trial's test."""
-    optuna = pytest.importorskip("optuna")
-    from hydra_plugins.tradelab_optuna.tradelab_optuna import write_sweep_summary
+    import optuna
+
+    from hydra_plugins.tradelab_optuna.summary import write_sweep_summary
     from src.stats import expected_max
 
     study = optuna.create_study(direction="maximize")
     runs = {}
-    pruned = study.ask({"lr_scale": optuna.distributions.LogUniformDistribution(0.3, 3.0)})
+    pruned = study.ask({"lr_scale": optuna.distributions.FloatDistribution(0.3, 3.0, log=True)})
     pruned.report(5.0, step=96)  # an optimistic extrapolation, far above anything measured
     runs[0] = _fake_run(tmp_path / "t0", [0.1, 0.9, 0.2], 0)
     pruned.set_user_attr("run_dir", runs[0])
     pruned.set_user_attr("val_sharpe", 0.9)
     study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
     assert study.trials[0].value == 5.0  # what the old trials.csv printed as "val_sharpe"
-    done = study.ask({"lr_scale": optuna.distributions.LogUniformDistribution(0.3, 3.0)})
+    done = study.ask({"lr_scale": optuna.distributions.FloatDistribution(0.3, 3.0, log=True)})
     runs[1] = _fake_run(tmp_path / "t1", [0.3, 0.5, 0.7], 1)
     done.set_user_attr("run_dir", runs[1])
     done.set_user_attr("val_sharpe", 0.7)

@@ -1,212 +1,227 @@
-"""``hydra/sweeper=tradelab_optuna``: hydra-optuna-sweeper's search space, samplers and storage, plus pruning.
+"""``hydra/sweeper=tradelab_optuna``: Optuna (>= 4) search with pruning, on hydra-core alone.
 
-hydra-optuna-sweeper asks Optuna for trials and tells it the results, but a job cannot report
-intermediate values, so nothing can be pruned. This sweeper keeps the plugin's configuration and search
-space parsing (it delegates to ``OptunaSweeperImpl``) and runs its own ask/launch/tell loop, one trial at
-a time in this process: the running trial is published through :mod:`src.sweeper`, the curve-fit
-early-stopping callback reports its predicted final Sharpe to it and stops the job when the study's
-``pruner`` says so, and the trial is told ``PRUNED``. Parallelism is Optuna's: start several sweeps
-with the same ``storage`` (e.g. ``sqlite:///outputs/optuna.db``) and ``study_name``, in several
-processes or on several machines.
+Runs one trial at a time in this process through ``study.optimize``: the trial's parameters become Hydra
+overrides, the job runs through the configured launcher, and the running trial is published through
+:mod:`src.sweeper`; the curve-fit early-stopping callback reports its predicted final Sharpe to it at each
+validation check and stops the job when the study's ``pruner`` votes to prune a stalled run (the trial is then
+``PRUNED``). The objective is the validation Sharpe of the run's selected checkpoint (``study.metric_names``:
+``val_sharpe``).
 
-After the last trial it writes, into the sweep directory: ``optimization_results.yaml`` (best
-parameters and value, as the plugin does), ``best_overrides.yaml`` (what ``from_sweep=<dir>`` applies),
-``trials.csv`` (every trial's best *measured* validation Sharpe, never the curve fit's extrapolation, which
-has its own labelled column) and ``sweep_report.md`` with the deflated Sharpe ratio of the best trial
-given every validation check of every trial (:func:`src.stats.selection_benchmark`: the effective number
-of trials), and that trial's test-period verdict; no other trial's test figure is listed.
+``n_trials`` is the *study's* number of trials, so a sweep re-run with the same command and ``storage`` does
+what is left, and several processes or machines given the same ``storage`` and ``study_name`` share the work
+(TPE's constant liar keeps them from sampling the same point). With a storage, each running trial records a
+heartbeat; a trial whose process died (killed, out of memory, machine lost) goes stale after ``grace_period``
+seconds, is marked ``FAIL`` and re-queued with the same parameters (``max_retry`` times), so a killed sweep
+restarted on the same storage loses no trial. Each trial's run directory is ``trial_<Optuna trial number>``
+under the sweep directory, so nothing is overwritten when processes share one.
+
+After the last trial: ``optimization_results.yaml``, ``best_overrides.yaml`` (what ``from_sweep=<dir>``
+applies), ``trials.csv`` and ``sweep_report.md`` (:mod:`.summary`).
 """
 
-import json
+import inspect
 import logging
-from dataclasses import dataclass
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import DictConfig, OmegaConf
 
+from .space import grid, search_space, suggest
+from .summary import write_sweep_summary
+
 log = logging.getLogger(__name__)
+# heartbeats, stale-trial recovery, metric names and grouped TPE are marked experimental by Optuna: used knowingly
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+OBJECTIVE = "val_sharpe"
+INTERMEDIATE = (
+    "curve-fit prediction of the final validation Sharpe, reported at each validation check (step: gradient step)"
+)
+STATES_DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+SAMPLERS = {  # hydra/sweeper/sampler=<name>; every one takes hydra.sweeper.sampler.seed
+    # n_startup_trials: random trials before TPE models (a quarter of the default 20; Optuna says 10).
+    # multivariate TPE models the parameters jointly; group=True splits conditional spaces; the constant liar
+    # treats running trials as bad so that processes sharing a study do not sample the same point
+    "tpe": {
+        "_target_": "optuna.samplers.TPESampler",
+        "seed": None,
+        "n_startup_trials": 5,
+        "multivariate": True,
+        "group": True,
+        "constant_liar": True,
+    },
+    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
+    "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None, "scramble": True},
+    "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None},
+    "grid": {"_target_": "optuna.samplers.GridSampler", "_partial_": True, "seed": None},  # the space is filled in
+}
 
 
 @dataclass
-class TradelabOptunaSweeperConf(OptunaSweeperConf):
+class TradelabOptunaSweeperConf:
     _target_: str = "hydra_plugins.tradelab_optuna.tradelab_optuna.TradelabOptunaSweeper"
-    n_jobs: int = 1  # trials run one at a time here; use shared storage and several processes for more
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}])
+    sampler: Any = None
+    direction: str = "maximize"
+    storage: Any = None  # an RDB URL (sqlite:///outputs/optuna.db, postgresql://...) or null (in memory)
+    study_name: str | None = None
+    n_trials: int = 20  # the study's total: a re-run on the same storage does what is left
+    max_failure_rate: float = 0.0  # fraction of n_trials that may raise before the sweep stops
+    params: Any = None  # key: choice(...) | range(...) | interval(...) | tag(log, interval(...))
     pruner: Any = None  # e.g. {_target_: optuna.pruners.MedianPruner, n_startup_trials: 3}
+    heartbeat_interval: int | None = 30  # seconds; null: none (a dead process's trial stays RUNNING)
+    grace_period: int | None = None  # seconds without a heartbeat before a trial is stale (null: 2 intervals)
+    max_retry: int | None = 3  # times a stale trial is re-queued with its parameters
 
 
-ConfigStore.instance().store(
-    group="hydra/sweeper", name="tradelab_optuna", node=TradelabOptunaSweeperConf, provider="tradelab"
-)
+store = ConfigStore.instance()
+store.store(group="hydra/sweeper", name="tradelab_optuna", node=TradelabOptunaSweeperConf, provider="tradelab")
+for _name, _node in SAMPLERS.items():
+    store.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="tradelab")
+
+
+def make_storage(url: Any, heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None) -> Any:
+    """An ``RDBStorage`` with heartbeats and re-queueing of stale trials, from a URL; anything else as given."""
+    if not isinstance(url, str):
+        return url  # None (in memory) or a storage object
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several processes write to one file
+    if heartbeat_interval:
+        kind = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9
+        retry = (kind or optuna.storages.RetryFailedTrialCallback)(max_retry=max_retry)
+        name = "heartbeat_stale_trial_callback"  # Optuna 5; Optuna 4 calls it failed_trial_callback
+        if name not in inspect.signature(optuna.storages.RDBStorage).parameters:
+            name = "failed_trial_callback"
+        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period, **{name: retry})
+    for attempt in range(5):  # processes started together race to create the tables: the losers load them
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
+
+
+def count(trials: list) -> tuple[int, int]:
+    """``(ended, running)``: trials that ran to an end (complete, pruned, or failed by their own error) and
+    trials still running. A trial failed because its process died is not counted: it is re-queued or lost."""
+    ended = sum(t.state in STATES_DONE or (t.state.name == "FAIL" and "error" in t.user_attrs) for t in trials)
+    return ended, sum(t.state.name == "RUNNING" for t in trials)
 
 
 class TradelabOptunaSweeper(Sweeper):
-    def __init__(self, pruner: Any = None, **kwargs: Any) -> None:
-        self.impl = OptunaSweeperImpl(**kwargs)
-        if pruner is None:
-            pruner = optuna.pruners.NopPruner()
-        elif not isinstance(pruner, optuna.pruners.BasePruner):  # Hydra instantiates nested nodes already
-            pruner = instantiate(pruner)
-        self.pruner = pruner
+    def __init__(
+        self,
+        sampler: Any,
+        direction: str,
+        storage: Any,
+        study_name: str | None,
+        n_trials: int,
+        max_failure_rate: float,
+        params: Any,
+        pruner: Any = None,
+        heartbeat_interval: int | None = 30,
+        grace_period: int | None = None,
+        max_retry: int | None = 3,
+    ) -> None:
+        if direction not in ("maximize", "minimize"):
+            raise ValueError(f"hydra.sweeper.direction: 'maximize' or 'minimize' (one objective), got {direction!r}")
+        if not 0.0 <= max_failure_rate <= 1.0:
+            raise ValueError(f"hydra.sweeper.max_failure_rate: must be in [0, 1], got {max_failure_rate}")
+        self.sampler, self.direction, self.study_name = sampler, direction, study_name
+        self.n_trials, self.max_failure_rate = int(n_trials), float(max_failure_rate)
+        self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params or {}
+        self.pruner = pruner if pruner is not None else optuna.pruners.NopPruner()
+        self.storage = make_storage(storage, heartbeat_interval, grace_period, max_retry)
+        self.heartbeat = isinstance(self.storage, optuna.storages.RDBStorage) and bool(heartbeat_interval)
+        self.poll = float(min(heartbeat_interval or 1, 5))  # waiting for other processes' last trials
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def sweep(self, arguments: list[str]) -> None:
-        from src.sweeper import set_active_trial, take_pruned
-
-        impl = self.impl
-        impl._process_searchspace_config()
-        space, fixed = create_params_from_overrides([*impl._parse_sweeper_params_config(), *arguments])
-        if impl.search_space_distributions:
-            space = {**impl.search_space_distributions, **space}
-        for name in fixed:
-            space.pop(name, None)
-        directions = impl._get_directions()
-        if len(directions) != 1:
-            raise ValueError("tradelab_optuna optimises one objective (the validation Sharpe)")
+        space, fixed = search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
+        sampler, n_trials = self.sampler, self.n_trials
+        if callable(sampler) and not isinstance(sampler, optuna.samplers.BaseSampler):  # grid: give it the space
+            points = grid(space)
+            sampler = sampler(points)
+            n_trials = min(n_trials, math.prod(len(v) for v in points.values()))
         study = optuna.create_study(
-            study_name=impl.study_name,
-            storage=impl.storage,
-            sampler=impl.sampler,
+            study_name=self.study_name,
+            storage=self.storage,
+            sampler=sampler,
             pruner=self.pruner,
-            direction=directions[0],
+            direction=self.direction,
             load_if_exists=True,
         )
+        if study.metric_names is None:
+            study.set_metric_names([OBJECTIVE])
+        study.set_user_attr("intermediate_values", INTERMEDIATE)
         log.info(
-            f"Study {study.study_name}: storage {impl.storage}, sampler {type(impl.sampler).__name__}, "
-            f"pruner {type(self.pruner).__name__}, {impl.n_trials} trials"
+            f"Study {study.study_name}: storage {self.storage}, sampler {type(sampler).__name__}, "
+            f"pruner {type(self.pruner).__name__}, {n_trials} trials in all"
         )
-        sweep_dir = Path(impl.config.hydra.sweep.dir)
-        runs: dict[int, str] = {}
-        failures = 0
-        for _ in range(impl.n_trials):
-            trial = study.ask()
-            overrides = impl._configure_trials([trial], space, fixed)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        errors: list[BaseException] = []
+
+        def objective(trial: optuna.Trial) -> float:
+            from src.sweeper import set_active_trial, take_pruned
+
+            params = {name: suggest(trial, name, dist) for name, dist in space.items()}
+            trial.set_user_attr("fixed_overrides", fixed)
+            overrides = [f"{k}={v}" for k, v in {**params, **fixed}.items()]
             set_active_trial(trial)
-            try:
-                (ret,) = impl.launcher.launch(overrides, initial_job_idx=impl.job_idx)
+            try:  # the job's directory is trial_<number>: unique in the study, whichever process runs it
+                (ret,) = self.launcher.launch([overrides], initial_job_idx=trial.number)
+            except (KeyboardInterrupt, SystemExit):  # stopped by hand: Optuna fails the trial; run it again later
+                study.enqueue_trial(params, user_attrs={"requeued_from": trial.number}, skip_if_exists=True)
+                raise
             finally:
                 set_active_trial(None)
-            impl.job_idx += 1
             pruned = take_pruned()
-            runs[trial.number] = str(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else ""
+            trial.set_user_attr("run_dir", str(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else "")
             try:
                 value = float(ret.return_value)  # re-raises the job's exception
             except Exception as e:
-                failures += 1
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                log.warning(f"trial {trial.number} failed: {e}")
-                if failures / impl.n_trials > impl.max_failure_rate:
-                    raise
-                continue
-            trial.set_user_attr("run_dir", runs[trial.number])
-            # the run's selected checkpoint's validation Sharpe, as measured: a pruned trial's Optuna value is
-            # its last *reported* number, the curve fit's extrapolation, which is not a validation figure
-            trial.set_user_attr("val_sharpe", value)
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
+                errors.append(e)
+                raise
+            # the selected checkpoint's validation Sharpe, as measured: a pruned trial's Optuna value is its last
+            # *reported* number, the curve fit's extrapolation, which is not a validation figure
+            trial.set_user_attr(OBJECTIVE, value)
             if pruned:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                study.tell(trial, value)
-        write_sweep_summary(study, sweep_dir, runs)
+                raise optuna.TrialPruned()
+            return value
 
-
-def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, str]) -> None:
-    """optimization_results.yaml, best_overrides.yaml, trials.csv and sweep_report.md in ``sweep_dir``."""
-    import numpy as np
-    import pandas as pd
-
-    from src.evaluation import excess_series
-    from src.reporting import atomic_write
-    from src.stats import probabilistic_sharpe_ratio, selection_benchmark
-
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        log.warning("no trial completed: no best parameters to write")
-        return
-    best = study.best_trial
-    # searched parameters and the sweep's fixed overrides (its env, budget, ...), but not the search overlay
-    # itself nor settings of its stopping callbacks: from_sweep starts a plain run, without curve-fit stopping
-    overlay = ("hparams_search", "callbacks.", "+callbacks.", "~callbacks.")
-    ours = ("run_dir", "val_sharpe")  # what this sweeper records; every other user attribute is a fixed override
-    fixed = {k: v for k, v in best.user_attrs.items() if k not in ours and not k.startswith(overlay)}
-    params = {**best.params, **fixed}
-    atomic_write(
-        sweep_dir / "optimization_results.yaml",
-        OmegaConf.to_yaml({"name": "optuna", "best_params": params, "best_value": best.value}),
-    )
-    atomic_write(sweep_dir / "best_overrides.yaml", OmegaConf.to_yaml([f"{k}={v}" for k, v in params.items()]))
-
-    rows = []
-    for t in study.trials:
-        run = Path(t.user_attrs.get("run_dir") or runs.get(t.number, ""))
-        hist = run / "val_history.csv"
-        checks = pd.read_csv(hist)["sharpe"].to_numpy(dtype=float) if hist.is_file() else np.zeros(0)
-        measured = t.user_attrs.get("val_sharpe", t.value if t.state == optuna.trial.TrialState.COMPLETE else None)
-        rows.append(
-            {
-                "trial": t.number,
-                "state": t.state.name,
-                "val_sharpe": measured,  # best measured validation Sharpe (the selected checkpoint's)
-                "val_checks": len(checks),
-                "curve_fit_prediction": max(t.intermediate_values.items())[1] if t.intermediate_values else None,
-                **t.params,
-                "run_dir": str(run),
-                "_checks": checks,
-            }
-        )
-    groups = [r.pop("_checks") for r in rows]
-    table = pd.DataFrame(rows)
-    atomic_write(sweep_dir / "trials.csv", table.to_csv(index=False, float_format="%.6g"))
-
-    # the best validation Sharpe among every check of every trial is inflated by the selection itself
-    run = Path(best.user_attrs.get("run_dir", ""))
-    info = json.loads((run / "run_info.json").read_text())
-    bpy = float(info["data"]["bars_per_year"])
-    val_returns = excess_series(pd.read_csv(run / "trades_val.csv"))
-    candidates = [g for g in groups if len(g)] or [np.array([best.value])]
-    bench = selection_benchmark(candidates, bpy)
-    dsr = probabilistic_sharpe_ratio(val_returns, bench["expected_max_sharpe"], bpy)  # the deflated SR
-    verdict = json.loads((run / "metrics.json").read_text()).get("verdict", {}).get("sentence", "")
-    shown = table.drop(columns=["run_dir"]).to_string(index=False, float_format=lambda v: f"{v:.4g}")
-    md = f"""# Optuna sweep: {study.study_name}
-
-{len(study.trials)} trials ({len(complete)} complete, {sum(r["state"] == "PRUNED" for r in rows)} pruned,
-{sum(r["state"] == "FAIL" for r in rows)} failed); objective: validation Sharpe of each run's selected checkpoint.
-
-Best trial {best.number}: validation Sharpe {best.value:.3f} with `{" ".join(f"{k}={v}" for k, v in params.items())}`
-(run: `{run}`). Start a run from these parameters with `python -m src.train from_sweep={sweep_dir}`.
-
-Selection: the best trial's checkpoint was chosen among {bench["checks"]} validation checks over
-{bench["trials"]} trials. Checks of one trial are correlated, so they count as
-**{bench["effective_trials"]:.1f} effective trials** (a trial of m checks counts ρ + (1 − ρ)·m, with
-ρ = 1 − V_trial / V the intraclass correlation of its checks' Sharpe ratios; `src/stats.py`,
-`selection_benchmark`, and `docs/statistics.md`). By luck alone the best would reach a validation Sharpe
-of about {bench["expected_max_sharpe"]:.3f} (√V·E[max of N], Bailey & López de Prado 2014, with
-V = {bench["sharpe_std"]:.3f}² the variance of every check's Sharpe). Deflated Sharpe ratio of the best
-trial: **{dsr:.3f}** (the probability that its true validation Sharpe beats that bar).
-
-Its test period, evaluated once: {verdict}
-
-Only the selected trial's test period is reported: choosing among trials by their test figures would
-make the test split a second validation split. `val_sharpe` is each trial's best measured validation
-Sharpe; `curve_fit_prediction` is the curve fit's extrapolation to the end of the budget (what the pruner
-saw), not a measurement.
-
-```
-{shown}
-```
-"""
-    atomic_write(sweep_dir / "sweep_report.md", md)
-    log.info(
-        f"best trial {best.number}: val Sharpe {best.value:.3f}, deflated Sharpe ratio {dsr:.3f} "
-        f"({bench['effective_trials']:.1f} effective trials); {sweep_dir / 'sweep_report.md'}"
-    )
+        while True:
+            optuna.storages.fail_stale_trials(study)  # a dead process's trial: FAIL, and re-queued
+            ended, running = count(study.get_trials(deepcopy=False))
+            if ended >= n_trials:
+                break
+            if ended + running >= n_trials:  # the rest is running elsewhere (or in a process that died)
+                if not self.heartbeat:
+                    break
+                time.sleep(self.poll)
+                continue
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+            if len(errors) > self.max_failure_rate * self.n_trials:
+                log.error(f"{len(errors)} trial(s) failed; hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+                raise errors[-1]
+        write_sweep_summary(study, sweep_dir, {})
