@@ -3,7 +3,8 @@
 ``key=choice(a, b)`` is categorical; ``key=range(lo, hi, step)`` the integers (or floats) Python's ``range`` gives,
 the last one included and ``hi`` excluded, as in Hydra's basic sweeper; ``shuffle(range(...))`` is categorical;
 ``key=interval(lo, hi)`` is uniform on the reals in [lo, hi] (Hydra reads its ends as floats: use ``range`` for
-integers) and ``tag(log, interval(...))`` log-uniform. Any other override is a fixed value, passed to every trial as given.
+integers) and ``tag(log, interval(...))`` log-uniform. Any other override is a fixed value, passed to every trial
+as given.
 """
 
 from __future__ import annotations
