@@ -39,7 +39,7 @@ from src.lit_module import PPOModule
 from src.lit_population import PopulationModule
 from src.lit_portfolio import PortfolioModule
 from src.lit_universe import UniverseModule
-from src.loggers import as_list
+from src.loggers import as_list, log_config, publish
 from src.population_report import write_population_outputs
 from src.portfolio_eval import portfolio_section
 from src.profit_target import ProfitTarget
@@ -122,7 +122,8 @@ def train(cfg: DictConfig) -> float:
         raise
 
 
-RUN_PRODUCTS = (".hydra", "config.yaml", "run_info.json", "tb", "checkpoints", "val_history.csv", "train.log")
+RUN_PRODUCTS = (".hydra", "config.yaml", "run_info.json", "tb", "csv", "wandb", "checkpoints", "val_history.csv",
+                "train.log")  # fmt: skip
 
 
 def remove_partial_run(run_dir: Path) -> None:
@@ -234,16 +235,10 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     )
     if resume and not last.is_file():
         raise ConfigError(f"resume: no {last} to continue from (the run stopped before its first checkpoint)")
-    for lg in as_list(logger) if zero else []:
-        lg.log_hyperparams(
-            {
-                "seed": cfg.seed,
-                "parameters": info["parameters"],
-                "data_sha256": market.data_hash,
-                "git_revision": info["git_revision"],
-                "cfg": json.dumps(resolved),
-            }
-        )
+    if zero:
+        header = {"seed": cfg.seed, "parameters": info["parameters"], "data_sha256": market.data_hash,
+                  "git_revision": info["git_revision"]}  # fmt: skip
+        log_config(as_list(logger), header, resolved)
     try:
         trainer.fit(module, ckpt_path=str(last) if resume else None)
     except Interrupted as e:
@@ -260,7 +255,10 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
 
         info["oracle"], oracle_lines = oracle_section(market)
     if population > 1:
-        return _finish_population(module, trainer, info, run_dir, market, started, env_steps, grad_steps, faults)
+        out = _finish_population(module, trainer, info, run_dir, market, started, env_steps, grad_steps, faults)
+        if zero:
+            publish(as_list(logger), run_dir)
+        return out
     reporting = [cb for cb in callbacks if hasattr(cb, "report_key")]
     reports = json_safe({cb.report_key: cb.summary() for cb in reporting})
     sections = {cb.report_key: cb.report_section() for cb in reporting}
@@ -301,6 +299,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     title = f"{market.name}: agent vs {bh} (selected on validation, test evaluated once)"
     judged = verdict(results, market.bars_per_year, val_sharpes, bars_per_day=market.bars_per_day)
     table = write_run_outputs(run_dir, results, info["command"], info, title, judged, sections)
+    publish(as_list(logger), run_dir)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)
     return float(results["val"]["agent"].metrics["sharpe"])
 
