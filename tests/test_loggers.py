@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -68,7 +67,9 @@ def test_wandb_offline_without_a_key(tiny_cfg, monkeypatch):
     monkeypatch.setenv("NETRC", "/nonexistent")  # no `wandb login` entry either
     sent: set[str] = set()
     real = WandbLogger.log_metrics
-    monkeypatch.setattr(WandbLogger, "log_metrics", lambda self, metrics, step=None: (sent.update(metrics), real(self, metrics, step)))
+    monkeypatch.setattr(
+        WandbLogger, "log_metrics", lambda self, metrics, step=None: (sent.update(metrics), real(self, metrics, step))
+    )
     cfg = tiny_cfg("logger=wandb")
     main(cfg)
     run_dir = Path(cfg.hydra.runtime.output_dir)
@@ -92,5 +93,7 @@ def test_missing_extra_is_one_line_naming_it(tiny_cfg, monkeypatch, extra):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == extra else real(name, *a))
     cfg = tiny_cfg(f"logger={extra}")
-    with pytest.raises(ConfigError, match=rf'^logger={extra}: the {extra} package is not installed; pip install -e "\.\[{extra}\]"$'):
+    with pytest.raises(
+        ConfigError, match=rf'^logger={extra}: the {extra} package is not installed; pip install -e "\.\[{extra}\]"$'
+    ):
         build(cfg.logger, _recursive_=False)
