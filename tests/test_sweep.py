@@ -31,6 +31,23 @@ def _start(*args: str) -> subprocess.Popen:
                             start_new_session=True)  # fmt: skip
 
 
+def _dashboard(storage: str, path: str) -> dict:
+    """GET ``path`` from optuna-dashboard's app over ``storage``, as its server would answer it."""
+    import io
+    import json
+
+    import optuna
+    from optuna_dashboard import wsgi
+
+    app = wsgi(optuna.storages.RDBStorage(storage))
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "x", "SERVER_PORT": "80",
+           "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr}  # fmt: skip
+    status = []
+    body = b"".join(app(env, lambda s, headers, exc_info=None: status.append(s)))
+    assert status == ["200 OK"], body[:500]
+    return json.loads(body)
+
+
 @pytest.mark.slow
 def test_optuna_sweep_shared_storage_and_from_sweep(tmp_path):
     """Two processes share one SQLite study of 4 trials on Optuna >= 4 and SQLAlchemy 2; Optuna's own API (what
@@ -55,6 +72,12 @@ def test_optuna_sweep_shared_storage_and_from_sweep(tmp_path):
         assert len(t.intermediate_values) >= 2  # the curve fit reported at each check from min_points on
         assert t.user_attrs["val_sharpe"] != t.intermediate_values[max(t.intermediate_values)]
         assert t.user_attrs["run_dir"].endswith(f"trial_{t.number}")  # one directory per Optuna trial
+    # what optuna-dashboard serves for this study (its own WSGI app, called without a server)
+    dash = _dashboard(db, f"/api/studies/{study._study_id}")
+    assert dash["objective_names"] == ["val_sharpe"] and len(dash["trials"]) == 4
+    for t in dash["trials"]:
+        assert len(t["intermediate_values"]) >= 2 and {p["name"] for p in t["params"]} >= {"lr_scale", "optimizer"}
+        assert "val_sharpe" in {a["key"] for a in t["user_attrs"]}
     # a process whose share is done waits for the other's last trial, so both write the whole study's summary
     assert len(pd.read_csv(a / "trials.csv")) == 4
 
