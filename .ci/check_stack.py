@@ -1,7 +1,8 @@
 """The project installs into today's stack without downgrading it (issue 23).
 
 1. The environment `make install` built has Optuna >= 4 and SQLAlchemy >= 2.
-2. pip, asked to install the project into this environment again, would change none of optuna, sqlalchemy, alembic.
+2. With optuna, sqlalchemy and alembic upgraded to their newest releases (what a user who keeps current has), pip,
+   asked to install the project again, would change none of them (an upper pin anywhere would show here).
 3. pip can resolve the project together with the oldest supported Optuna (4.0) and SQLAlchemy 2.0, so a user's
    environment holding those keeps them.
 Run by .ci/run (it needs the package index); exits 1 naming what is wrong.
@@ -34,6 +35,7 @@ def would_install(*requirements: str) -> dict[str, str] | None:
 
 def main() -> int:
     errors = []
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-U", *sorted(WATCHED)], check=True)
     have = {name: Version(version(name)) for name in ("optuna", "sqlalchemy", "alembic")}
     print("installed:", ", ".join(f"{k} {v}" for k, v in have.items()))
     if have["optuna"] < Version("4"):

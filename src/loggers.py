@@ -58,7 +58,7 @@ def wandb_key_set() -> bool:
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        return netrc.netrc().authenticators(host) is not None
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None  # W&B reads $NETRC too
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
 

@@ -6,8 +6,9 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from hydra_plugins.tradelab_optuna.accounting import count, orphans, rerun
 from hydra_plugins.tradelab_optuna.space import grid, search_space, suggest
-from hydra_plugins.tradelab_optuna.tradelab_optuna import SAMPLERS, count
+from hydra_plugins.tradelab_optuna.tradelab_optuna import SAMPLERS
 from tests.conftest import compose_cfg
 
 
@@ -64,17 +65,39 @@ def test_sampler_configs_build(name, tmp_path):
         assert cfg.hydra.sweeper.sampler.multivariate and cfg.hydra.sweeper.sampler.constant_liar
 
 
-def test_count_leaves_out_trials_whose_process_died():
-    def trial(state, **attrs):
-        return optuna.trial.create_trial(state=state, value=1.0 if state.name == "COMPLETE" else None, user_attrs=attrs)
+def test_count_leaves_out_trials_that_run_again_and_surplus_ones():
+    S = optuna.trial.TrialState
+
+    def trial(number, state, system_attrs=None, **attrs):
+        t = optuna.trial.create_trial(
+            state=state, value=1.0 if state == S.COMPLETE else None, user_attrs=attrs, system_attrs=system_attrs
+        )
+        t.number = number
+        return t
+
+    trials = [
+        trial(0, S.COMPLETE),
+        trial(1, S.PRUNED),
+        trial(2, S.FAIL, error="ValueError: the job raised"),  # ran to an end: counted
+        trial(3, S.FAIL),  # its process died; trial 6 runs it again: not counted
+        trial(4, S.FAIL),  # stopped by hand; trial 7 runs it again: not counted
+        trial(5, S.FAIL),  # died, retries exhausted: counted (it is lost, and says so)
+        trial(6, S.RUNNING, {"failed_trial": 3, "retry_history": [3]}, heartbeat=30, host="a"),
+        trial(7, S.WAITING, requeued_from=4),
+        trial(8, S.FAIL, surplus="taken"),  # stood down before training: not counted
+        trial(9, S.RUNNING, host="b", heartbeat=None),  # a process without heartbeats: running, not monitored
+    ]
+    assert rerun(trials) == {3, 4}
+    assert count(trials) == (4, 2, 1)
+    assert count(trials[:6], rerun(trials)) == (4, 0, 0)  # the links may live in later trials
+
+
+def test_orphans_are_running_trials_no_objective_started():
+    from datetime import datetime, timedelta
 
     S = optuna.trial.TrialState
-    trials = [
-        trial(S.COMPLETE),
-        trial(S.PRUNED),
-        trial(S.FAIL, error="ValueError: the job raised"),  # ran to an end: counted
-        trial(S.FAIL),  # stale (process killed): re-queued or lost, not counted
-        trial(S.RUNNING),
-        trial(S.WAITING),  # a re-queued trial: not yet run
-    ]
-    assert count(trials) == (3, 1)
+    started = optuna.trial.create_trial(state=S.RUNNING, user_attrs={"host": "a"})
+    never = optuna.trial.create_trial(state=S.RUNNING)  # killed inside study.ask(): no heartbeat ever
+    later = datetime.now() + timedelta(seconds=100)
+    assert orphans([started, never], grace=60, now=later) == [never]
+    assert orphans([started, never], grace=600, now=later) == []  # not yet past the grace period

@@ -27,7 +27,8 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
     from src.stats import probabilistic_sharpe_ratio, selection_benchmark
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = [t for t in study.trials if "surplus" not in t.user_attrs]  # a surplus trial never ran its job
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         log.warning("no trial completed: no best parameters to write")
         return
@@ -45,7 +46,7 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
     atomic_write(sweep_dir / "best_overrides.yaml", OmegaConf.to_yaml([f"{k}={v}" for k, v in params.items()]))
 
     rows = []
-    for t in study.trials:
+    for t in trials:
         run = Path(t.user_attrs.get("run_dir") or runs.get(t.number, ""))
         hist = run / "val_history.csv"
         checks = pd.read_csv(hist)["sharpe"].to_numpy(dtype=float) if hist.is_file() else np.zeros(0)
@@ -70,6 +71,22 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
 
     # the best validation Sharpe among every check of every trial is inflated by the selection itself
     run = Path(best.user_attrs.get("run_dir", ""))
+    away = [
+        r["trial"] for r, g in zip(rows, groups, strict=True) if r["state"] in ("COMPLETE", "PRUNED") and not len(g)
+    ]
+    if away or not (run / "trades_val.csv").is_file():  # trials that ran on other machines, without a shared disk
+        hosts = sorted({str(t.user_attrs.get("host", "?")) for t in trials if t.number in away})
+        atomic_write(
+            sweep_dir / "sweep_report.md",
+            f"# Optuna sweep: {study.study_name}\n\nBest trial {best.number}: validation Sharpe {best.value:.3f} "
+            f"(run: `{run}` on {best.user_attrs.get('host', '?')}).\n\nThe run directories of trials "
+            f"{away or [best.number]} are not on this machine (hosts: {', '.join(hosts) or '?'}), so the deflated "
+            "Sharpe ratio, which counts every validation check of every trial, and the best trial's test verdict "
+            "are not computed here. Run the same sweep command on a machine that sees every run directory (a shared "
+            "disk): the study is complete, so it only writes this summary.\n",
+        )
+        log.warning(f"sweep summary without deflation: trials {away or [best.number]} ran elsewhere")
+        return
     info = json.loads((run / "run_info.json").read_text())
     bpy = float(info["data"]["bars_per_year"])
     val_returns = excess_series(pd.read_csv(run / "trades_val.csv"))
@@ -80,7 +97,7 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
     shown = table.drop(columns=["run_dir"]).to_string(index=False, float_format=lambda v: f"{v:.4g}")
     md = f"""# Optuna sweep: {study.study_name}
 
-{len(study.trials)} trials ({len(complete)} complete, {sum(r["state"] == "PRUNED" for r in rows)} pruned,
+{len(trials)} trials ({len(complete)} complete, {sum(r["state"] == "PRUNED" for r in rows)} pruned,
 {sum(r["state"] == "FAIL" for r in rows)} failed); objective: validation Sharpe of each run's selected checkpoint.
 
 Best trial {best.number}: validation Sharpe {best.value:.3f} with `{" ".join(f"{k}={v}" for k, v in params.items())}`

@@ -19,10 +19,14 @@ After the last trial: ``optimization_results.yaml``, ``best_overrides.yaml`` (wh
 applies), ``trials.csv`` and ``sweep_report.md`` (:mod:`.summary`).
 """
 
+import contextlib
+import importlib.util
 import inspect
 import logging
 import math
+import os
 import random
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -37,17 +41,24 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from .accounting import count, orphans, rerun
 from .space import grid, search_space, suggest
 from .summary import write_sweep_summary
 
 log = logging.getLogger(__name__)
-# heartbeats, stale-trial recovery, metric names and grouped TPE are marked experimental by Optuna: used knowingly
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+STOPPED = (130, 143)  # a job's exit status after SIGINT / SIGTERM (src.train's GracefulInterrupt)
+
+
+def quiet_experimental() -> None:
+    """Heartbeats, stale-trial recovery, metric names and grouped TPE are experimental in Optuna: used knowingly.
+    (Set when the sweeper runs: Hydra imports plugins inside ``warnings.catch_warnings``, which undoes a filter.)"""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
 OBJECTIVE = "val_sharpe"
 INTERMEDIATE = (
     "curve-fit prediction of the final validation Sharpe, reported at each validation check (step: gradient step)"
 )
-STATES_DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 SAMPLERS = {  # hydra/sweeper/sampler=<name>; every one takes hydra.sweeper.sampler.seed
     # n_startup_trials: random trials before TPE models (a quarter of the default 20; Optuna says 10).
@@ -81,7 +92,7 @@ class TradelabOptunaSweeperConf:
     params: Any = None  # key: choice(...) | range(...) | interval(...) | tag(log, interval(...))
     pruner: Any = None  # e.g. {_target_: optuna.pruners.MedianPruner, n_startup_trials: 3}
     heartbeat_interval: int | None = 30  # seconds; null: none (a dead process's trial stays RUNNING)
-    grace_period: int | None = None  # seconds without a heartbeat before a trial is stale (null: 2 intervals)
+    grace_period: int | None = 180  # seconds without a heartbeat before a trial is stale (null: 2 intervals)
     max_retry: int | None = 3  # times a stale trial is re-queued with its parameters
 
 
@@ -116,13 +127,6 @@ def make_storage(url: Any, heartbeat_interval: int | None, grace_period: int | N
     raise AssertionError("unreachable")
 
 
-def count(trials: list) -> tuple[int, int]:
-    """``(ended, running)``: trials that ran to an end (complete, pruned, or failed by their own error) and
-    trials still running. A trial failed because its process died is not counted: it is re-queued or lost."""
-    ended = sum(t.state in STATES_DONE or (t.state.name == "FAIL" and "error" in t.user_attrs) for t in trials)
-    return ended, sum(t.state.name == "RUNNING" for t in trials)
-
-
 class TradelabOptunaSweeper(Sweeper):
     def __init__(
         self,
@@ -135,7 +139,7 @@ class TradelabOptunaSweeper(Sweeper):
         params: Any,
         pruner: Any = None,
         heartbeat_interval: int | None = 30,
-        grace_period: int | None = None,
+        grace_period: int | None = 180,
         max_retry: int | None = 3,
     ) -> None:
         if direction not in ("maximize", "minimize"):
@@ -146,9 +150,16 @@ class TradelabOptunaSweeper(Sweeper):
         self.n_trials, self.max_failure_rate = int(n_trials), float(max_failure_rate)
         self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params or {}
         self.pruner = pruner if pruner is not None else optuna.pruners.NopPruner()
+        quiet_experimental()
         self.storage = make_storage(storage, heartbeat_interval, grace_period, max_retry)
-        self.heartbeat = isinstance(self.storage, optuna.storages.RDBStorage) and bool(heartbeat_interval)
+        self.heartbeat = heartbeat_interval if isinstance(self.storage, optuna.storages.RDBStorage) else None
+        self.grace = float(grace_period or 2 * (heartbeat_interval or 30))
         self.poll = float(min(heartbeat_interval or 1, 5))  # waiting for other processes' last trials
+        if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
+            log.warning(
+                "hydra-optuna-sweeper is installed: its hydra/sweeper/sampler configs may replace tradelab's "
+                "(multivariate TPE, constant liar); pip uninstall hydra-optuna-sweeper"
+            )
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -163,6 +174,7 @@ class TradelabOptunaSweeper(Sweeper):
             points = grid(space)
             sampler = sampler(points)
             n_trials = min(n_trials, math.prod(len(v) for v in points.values()))
+        quiet_experimental()
         study = optuna.create_study(
             study_name=self.study_name,
             storage=self.storage,
@@ -171,6 +183,8 @@ class TradelabOptunaSweeper(Sweeper):
             direction=self.direction,
             load_if_exists=True,
         )
+        if self.storage is not None:  # processes sharing a study (or resuming it) must not draw the same points
+            sampler.reseed_rng()
         if study.metric_names is None:
             study.set_metric_names([OBJECTIVE])
         study.set_user_attr("intermediate_values", INTERMEDIATE)
@@ -178,29 +192,73 @@ class TradelabOptunaSweeper(Sweeper):
             f"Study {study.study_name}: storage {self.storage}, sampler {type(sampler).__name__}, "
             f"pruner {type(self.pruner).__name__}, {n_trials} trials in all"
         )
-        sweep_dir = Path(self.config.hydra.sweep.dir)
         errors: list[BaseException] = []
+        objective = self._objective(study, space, fixed, n_trials, errors)
+        while True:
+            optuna.storages.fail_stale_trials(study)  # a dead process's trial: FAIL, and re-queued
+            trials = study.get_trials(deepcopy=False)
+            for t in orphans(trials, self.grace) if self.heartbeat else []:
+                with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                    study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
+                    log.warning(f"trial {t.number} was RUNNING without a process (none started it): re-queued")
+            ended, running, monitored = count(study.get_trials(deepcopy=False))
+            if ended >= n_trials:
+                break
+            if ended + running >= n_trials:  # the rest is running elsewhere (or in a process that died)
+                if not monitored:  # without heartbeats a dead process cannot be told from a live one
+                    break
+                time.sleep(self.poll)
+                continue
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:  # failed as stale while alive
+                log.warning(
+                    f"a trial of this process was failed by another (late heartbeats?); its copy runs again: {e}"
+                )
+            if len(errors) > self.max_failure_rate * n_trials:
+                log.error(f"{len(errors)} trial(s) failed here; hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+                raise errors[-1]
+        write_sweep_summary(study, Path(self.config.hydra.sweep.dir), {})
+
+    def _objective(self, study: optuna.Study, space: dict, fixed: dict, n_trials: int, errors: list):
+        """The function ``study.optimize`` calls: one Hydra job with the trial's parameters."""
 
         def objective(trial: optuna.Trial) -> float:
             from src.sweeper import set_active_trial, take_pruned
 
-            params = {name: suggest(trial, name, dist) for name, dist in space.items()}
-            trial.set_user_attr("fixed_overrides", fixed)
-            overrides = [f"{k}={v}" for k, v in {**params, **fixed}.items()]
-            set_active_trial(trial)
-            try:  # the job's directory is trial_<number>: unique in the study, whichever process runs it
-                (ret,) = self.launcher.launch([overrides], initial_job_idx=trial.number)
-            except (KeyboardInterrupt, SystemExit):  # stopped by hand: Optuna fails the trial; run it again later
-                study.enqueue_trial(params, user_attrs={"requeued_from": trial.number}, skip_if_exists=True)
-                raise
-            finally:
-                set_active_trial(None)
-            pruned = take_pruned()
-            trial.set_user_attr("run_dir", str(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else "")
+            trial.set_user_attr("host", socket.gethostname())
+            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("heartbeat", self.heartbeat)  # a waiting process may wait for it (or not)
+            earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+            ended, running, _ = count(earlier, rerun(study.get_trials(deepcopy=False)))
+            if ended + running >= n_trials:  # another process took the study's last trial first
+                trial.set_user_attr("surplus", f"the study's {n_trials} trials were taken; not run")
+                raise Surplus(f"trial {trial.number}: surplus (another process took the last trial)")
             try:
+                params = {name: suggest(trial, name, dist) for name, dist in space.items()}
+                trial.set_user_attr("fixed_overrides", fixed)
+                overrides = [f"{k}={v}" for k, v in {**params, **fixed}.items()]
+                set_active_trial(trial)
+                try:  # the job's directory is trial_<number>: unique in the study, whichever process runs it
+                    (ret,) = self.launcher.launch([overrides], initial_job_idx=trial.number)
+                except SystemExit as e:
+                    if e.code in STOPPED:  # stopped by hand or by the cluster: Optuna fails it on KeyboardInterrupt
+                        raise KeyboardInterrupt from e
+                    raise RuntimeError(f"the job exited with status {e.code}") from e  # a one-line error
+                finally:
+                    set_active_trial(None)
+                pruned = take_pruned()
+                trial.set_user_attr("run_dir", str(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else "")
                 value = float(ret.return_value)  # re-raises the job's exception
+                if not math.isfinite(value):
+                    raise ValueError(f"the job returned a validation Sharpe of {value}")
+            except KeyboardInterrupt:
+                study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})  # run it again later
+                raise
             except Exception as e:
-                trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
                 errors.append(e)
                 raise
             # the selected checkpoint's validation Sharpe, as measured: a pruned trial's Optuna value is its last
@@ -210,18 +268,8 @@ class TradelabOptunaSweeper(Sweeper):
                 raise optuna.TrialPruned()
             return value
 
-        while True:
-            optuna.storages.fail_stale_trials(study)  # a dead process's trial: FAIL, and re-queued
-            ended, running = count(study.get_trials(deepcopy=False))
-            if ended >= n_trials:
-                break
-            if ended + running >= n_trials:  # the rest is running elsewhere (or in a process that died)
-                if not self.heartbeat:
-                    break
-                time.sleep(self.poll)
-                continue
-            study.optimize(objective, n_trials=1, catch=(Exception,))
-            if len(errors) > self.max_failure_rate * self.n_trials:
-                log.error(f"{len(errors)} trial(s) failed; hydra.sweeper.max_failure_rate={self.max_failure_rate}")
-                raise errors[-1]
-        write_sweep_summary(study, sweep_dir, {})
+        return objective
+
+
+class Surplus(Exception):
+    """Processes raced for the study's last trial; this one stands down before training."""
