@@ -32,8 +32,8 @@ lint: $(STAMP)  ## ruff lint and format check
 	$(PYTHON) -m ruff format --check src tests experiments hydra_plugins .ci
 
 format: $(STAMP)  ## apply ruff's fixes and formatting
-	$(PYTHON) -m ruff check --fix src tests
-	$(PYTHON) -m ruff format src tests
+	$(PYTHON) -m ruff check --fix src tests experiments hydra_plugins .ci
+	$(PYTHON) -m ruff format src tests experiments hydra_plugins .ci
 
 tensorboard: $(STAMP)  ## serve the TensorBoard logs of every run under outputs/
 	$(PYTHON) -m tensorboard.main --logdir outputs --bind_all
