@@ -46,6 +46,17 @@ def sweeper(tmp_path, job, n_trials=3, max_failure_rate=1.0, storage=None):
     return s
 
 
+def within(seconds: float, fn) -> None:
+    """Run ``fn`` in a daemon thread; fail (instead of hanging the suite) if it has not returned in ``seconds``."""
+    import threading
+
+    box: list = []
+    thread = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s (an endless sweep loop)"
+
+
 def study(storage):
     return optuna.load_study(study_name="t", storage=storage)
 
@@ -66,7 +77,7 @@ def test_a_job_that_exits_is_a_failed_trial_and_the_sweep_ends(tmp_path):
 
 def test_a_non_finite_result_is_an_error(tmp_path):
     db = f"sqlite:///{tmp_path / 'o.db'}"
-    sweeper(tmp_path, lambda o: math.nan, n_trials=2, storage=db).sweep([])
+    within(60, lambda: sweeper(tmp_path, lambda o: math.nan, n_trials=2, storage=db).sweep([]))
     trials = study(db).trials
     assert len(trials) == 2 and all("validation Sharpe of nan" in t.user_attrs["error"] for t in trials)
 
@@ -104,3 +115,36 @@ def test_a_surplus_trial_stands_down_before_its_job(tmp_path):
     st.optimize(objective, n_trials=1, catch=(Exception,))  # 2 ended + 1 running = 3: trial 3 is surplus
     last = study(db).trials[-1]
     assert last.state.name == "FAIL" and "surplus" in last.user_attrs and launcher.calls == []
+
+
+def test_a_trial_failed_as_stale_while_alive_does_not_stop_the_sweep(tmp_path):
+    """Late heartbeats: another process fails a live trial and re-queues it. Its result is dropped (Optuna will not
+    take it), it is not this job's error (max_failure_rate 0 does not stop the sweep), and the copy runs it."""
+    from src.sweeper import active_trial
+
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    calls = []
+
+    def job(overrides):
+        calls.append(overrides)
+        if len(calls) == 1:  # what another process's fail_stale_trials does to this running trial
+            st = optuna.load_study(study_name="t", storage=db)
+            t = active_trial()
+            st._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(st, st._storage.get_trial(t._trial_id))
+        return 1.0
+
+    sweeper(tmp_path, job, n_trials=1, max_failure_rate=0.0, storage=db).sweep([])
+    trials = study(db).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and "error" not in trials[0].user_attrs
+    assert calls[1] == calls[0]  # the copy ran the same parameters
+
+
+def test_an_orphaned_running_trial_is_failed_and_run_again(tmp_path):
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    st = optuna.create_study(study_name="t", storage=db, direction="maximize")
+    st.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # a process died inside ask(): RUNNING forever
+    within(60, lambda: sweeper(tmp_path, lambda o: 1.0, n_trials=2, storage=db).sweep([]))  # grace period 3 s
+    trials = study(db).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[2].user_attrs.get("requeued_from") == 0 or trials[1].user_attrs.get("requeued_from") == 0

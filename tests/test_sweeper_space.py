@@ -82,10 +82,10 @@ def test_count_leaves_out_trials_that_run_again_and_surplus_ones():
         trial(3, S.FAIL),  # its process died; trial 6 runs it again: not counted
         trial(4, S.FAIL),  # stopped by hand; trial 7 runs it again: not counted
         trial(5, S.FAIL),  # died, retries exhausted: counted (it is lost, and says so)
-        trial(6, S.RUNNING, {"failed_trial": 3, "retry_history": [3]}, heartbeat=30, host="a"),
+        trial(6, S.RUNNING, {"failed_trial": 3, "retry_history": [3]}, heartbeat=30, started="6@a:1"),
         trial(7, S.WAITING, requeued_from=4),
         trial(8, S.FAIL, surplus="taken"),  # stood down before training: not counted
-        trial(9, S.RUNNING, host="b", heartbeat=None),  # a process without heartbeats: running, not monitored
+        trial(9, S.RUNNING, started="9@b:2", heartbeat=None),  # a process without heartbeats: not monitored
     ]
     assert rerun(trials) == {3, 4}
     assert count(trials) == (4, 2, 1)
@@ -93,11 +93,13 @@ def test_count_leaves_out_trials_that_run_again_and_surplus_ones():
 
 
 def test_orphans_are_running_trials_no_objective_started():
-    from datetime import datetime, timedelta
-
     S = optuna.trial.TrialState
-    started = optuna.trial.create_trial(state=S.RUNNING, user_attrs={"host": "a"})
+    mine = optuna.trial.create_trial(state=S.RUNNING, user_attrs={"started": "0@a:1", "heartbeat": 30})
+    copy = optuna.trial.create_trial(state=S.RUNNING, user_attrs={"started": "7@a:1", "heartbeat": 30})
     never = optuna.trial.create_trial(state=S.RUNNING)  # killed inside study.ask(): no heartbeat ever
-    later = datetime.now() + timedelta(seconds=100)
-    assert orphans([started, never], grace=60, now=later) == [never]
-    assert orphans([started, never], grace=600, now=later) == []  # not yet past the grace period
+    mine.number, copy.number, never.number = 0, 8, 9  # 8: a re-queued copy of trial 7 (it inherited its attributes)
+    seen: dict[int, float] = {}
+    assert orphans([mine, copy, never], seen, grace=60, now=1000.0) == []  # first sighting
+    assert orphans([mine, copy, never], seen, grace=60, now=1030.0) == []  # inside the grace period
+    assert orphans([mine, copy, never], seen, grace=60, now=1061.0) == [copy, never]
+    assert count([mine, copy, never]) == (0, 3, 3)  # all worth waiting for: heartbeats, or orphans soon

@@ -4,12 +4,13 @@ A trial *ended* when it completed, was pruned, or failed, except a failed trial 
 (its process died and the heartbeat callback re-queued it, or it was stopped by hand and re-queued) and a
 *surplus* trial (processes racing for the study's last trial: the later one stands down before training).
 A trial is *running* while its state is RUNNING; it is *monitored* when the process that runs it records
-heartbeats, so a waiting process can tell it from a dead one.
+heartbeats, so a waiting process can tell it from a dead one, or when no objective ever started it (an *orphan*:
+its process died while sampling; a waiting process fails and re-queues it after the grace period).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
 
 import optuna
 
@@ -34,18 +35,25 @@ def count(trials: list, again: set[int] | None = None) -> tuple[int, int, int]:
         t.state in DONE or (t.state == FAIL and t.number not in again and "surplus" not in t.user_attrs) for t in trials
     )
     running = [t for t in trials if t.state == RUNNING]
-    return ended, len(running), sum(bool(t.user_attrs.get("heartbeat")) for t in running)
+    # worth waiting for: a trial whose process records heartbeats, or one no objective started (an orphan soon)
+    return ended, len(running), sum(bool(t.user_attrs.get("heartbeat")) or not started(t) for t in running)
 
 
-def orphans(trials: list, grace: float, now: datetime | None = None) -> list:
-    """RUNNING trials no sweeper objective ever started (their process died while sampling, or they predate
-    heartbeats), older than ``grace`` seconds: nothing will ever end them or mark them stale."""
-    now = now or datetime.now()
-    return [
-        t
-        for t in trials
-        if t.state == RUNNING
-        and "host" not in t.user_attrs
-        and t.datetime_start is not None
-        and (now - t.datetime_start).total_seconds() > grace
-    ]
+def started(t) -> bool:
+    """Whether a sweeper objective started this trial (a re-queued copy inherits its original's attributes)."""
+    return str(t.user_attrs.get("started", "")).split("@")[0] == str(t.number)
+
+
+def orphans(trials: list, seen: dict[int, float], grace: float, now: float | None = None) -> list:
+    """RUNNING trials that no sweeper objective started (the process died while sampling: no heartbeat ever) and
+    that this process has seen in that state for more than ``grace`` seconds. ``seen`` maps a trial number to the
+    ``time.monotonic()`` of its first sighting (kept by the caller; no clock of another host is compared)."""
+    now = time.monotonic() if now is None else now
+    out = []
+    for t in trials:
+        if t.state != RUNNING or started(t):
+            seen.pop(t.number, None)
+            continue
+        if now - seen.setdefault(t.number, now) > grace:
+            out.append(t)
+    return out

@@ -28,6 +28,31 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     trials = [t for t in study.trials if "surplus" not in t.user_attrs]  # a surplus trial never ran its job
+    rows = []
+    for t in trials:
+        where = t.user_attrs.get("run_dir") or runs.get(t.number, "")
+        hist = Path(where) / "val_history.csv"
+        checks = pd.read_csv(hist)["sharpe"].to_numpy(dtype=float) if where and hist.is_file() else np.zeros(0)
+        measured = t.user_attrs.get("val_sharpe", t.value if t.state == optuna.trial.TrialState.COMPLETE else None)
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "val_sharpe": measured,  # best measured validation Sharpe (the selected checkpoint's)
+                "val_checks": len(checks),
+                "curve_fit_prediction": max(t.intermediate_values.items())[1] if t.intermediate_values else None,
+                # a trial re-run with the parameters of one whose process died (or that was stopped by hand)
+                "retry_of": t.system_attrs.get("failed_trial", t.user_attrs.get("requeued_from")),
+                **t.params,
+                "error": t.user_attrs.get("error"),  # a failed trial's reason
+                "run_dir": where,
+                "_checks": checks,
+            }
+        )
+    groups = [r.pop("_checks") for r in rows]
+    table = pd.DataFrame(rows)
+    atomic_write(sweep_dir / "trials.csv", table.to_csv(index=False, float_format="%.6g"))
+
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         log.warning("no trial completed: no best parameters to write")
@@ -44,30 +69,6 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
         OmegaConf.to_yaml({"name": "optuna", "best_params": params, "best_value": best.value}),
     )
     atomic_write(sweep_dir / "best_overrides.yaml", OmegaConf.to_yaml([f"{k}={v}" for k, v in params.items()]))
-
-    rows = []
-    for t in trials:
-        run = Path(t.user_attrs.get("run_dir") or runs.get(t.number, ""))
-        hist = run / "val_history.csv"
-        checks = pd.read_csv(hist)["sharpe"].to_numpy(dtype=float) if hist.is_file() else np.zeros(0)
-        measured = t.user_attrs.get("val_sharpe", t.value if t.state == optuna.trial.TrialState.COMPLETE else None)
-        rows.append(
-            {
-                "trial": t.number,
-                "state": t.state.name,
-                "val_sharpe": measured,  # best measured validation Sharpe (the selected checkpoint's)
-                "val_checks": len(checks),
-                "curve_fit_prediction": max(t.intermediate_values.items())[1] if t.intermediate_values else None,
-                # a trial re-run with the parameters of one whose process died (or that was stopped by hand)
-                "retry_of": t.system_attrs.get("failed_trial", t.user_attrs.get("requeued_from")),
-                **t.params,
-                "run_dir": str(run),
-                "_checks": checks,
-            }
-        )
-    groups = [r.pop("_checks") for r in rows]
-    table = pd.DataFrame(rows)
-    atomic_write(sweep_dir / "trials.csv", table.to_csv(index=False, float_format="%.6g"))
 
     # the best validation Sharpe among every check of every trial is inflated by the selection itself
     run = Path(best.user_attrs.get("run_dir", ""))

@@ -19,7 +19,6 @@ After the last trial: ``optimization_results.yaml``, ``best_overrides.yaml`` (wh
 applies), ``trials.csv`` and ``sweep_report.md`` (:mod:`.summary`).
 """
 
-import contextlib
 import importlib.util
 import inspect
 import logging
@@ -73,7 +72,7 @@ SAMPLERS = {  # hydra/sweeper/sampler=<name>; every one takes hydra.sweeper.samp
         "constant_liar": True,
     },
     "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
-    "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None, "scramble": True},
+    "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": 0, "scramble": True},  # one sequence for all processes
     "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None},
     "grid": {"_target_": "optuna.samplers.GridSampler", "_partial_": True, "seed": None},  # the space is filled in
 }
@@ -194,25 +193,27 @@ class TradelabOptunaSweeper(Sweeper):
         )
         errors: list[BaseException] = []
         objective = self._objective(study, space, fixed, n_trials, errors)
+        self.seen: dict[int, float] = {}  # RUNNING trials no objective started, and when this process first saw them
         while True:
             optuna.storages.fail_stale_trials(study)  # a dead process's trial: FAIL, and re-queued
-            trials = study.get_trials(deepcopy=False)
-            for t in orphans(trials, self.grace) if self.heartbeat else []:
-                with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):
-                    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            for t in orphans(study.get_trials(deepcopy=False), self.seen, self.grace) if self.heartbeat else []:
+                # as Optuna's fail_stale_trials does (tell() would run the sampler's after_trial: a grid may stop)
+                if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
                     study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
-                    log.warning(f"trial {t.number} was RUNNING without a process (none started it): re-queued")
+                    log.warning(f"trial {t.number} was RUNNING but no process ever started it: re-queued")
             ended, running, monitored = count(study.get_trials(deepcopy=False))
             if ended >= n_trials:
                 break
             if ended + running >= n_trials:  # the rest is running elsewhere (or in a process that died)
-                if not monitored:  # without heartbeats a dead process cannot be told from a live one
+                if not monitored or not self.heartbeat:  # no heartbeats: a dead process looks like a live one
                     break
                 time.sleep(self.poll)
                 continue
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,))
-            except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:  # failed as stale while alive
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:  # failed as stale while alive?
+                if isinstance(e, ValueError) and "Cannot tell" not in str(e):
+                    raise
                 log.warning(
                     f"a trial of this process was failed by another (late heartbeats?); its copy runs again: {e}"
                 )
@@ -227,15 +228,16 @@ class TradelabOptunaSweeper(Sweeper):
         def objective(trial: optuna.Trial) -> float:
             from src.sweeper import set_active_trial, take_pruned
 
-            trial.set_user_attr("host", socket.gethostname())
-            trial.set_user_attr("pid", os.getpid())
-            trial.set_user_attr("heartbeat", self.heartbeat)  # a waiting process may wait for it (or not)
-            earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-            ended, running, _ = count(earlier, rerun(study.get_trials(deepcopy=False)))
-            if ended + running >= n_trials:  # another process took the study's last trial first
-                trial.set_user_attr("surplus", f"the study's {n_trials} trials were taken; not run")
-                raise Surplus(f"trial {trial.number}: surplus (another process took the last trial)")
             try:
+                # "started" names this trial: a re-queued copy inherits its original's attributes, not this one
+                trial.set_user_attr("started", f"{trial.number}@{socket.gethostname()}:{os.getpid()}")
+                trial.set_user_attr("host", socket.gethostname())
+                trial.set_user_attr("heartbeat", self.heartbeat)  # a waiting process may wait for it (or not)
+                earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+                ended, running, _ = count(earlier, rerun(study.get_trials(deepcopy=False)))
+                if ended + running >= n_trials:  # another process took the study's last trial first
+                    trial.set_user_attr("surplus", f"the study's {n_trials} trials were taken; not run")
+                    raise Surplus(f"trial {trial.number}: surplus (another process took the last trial)")
                 params = {name: suggest(trial, name, dist) for name, dist in space.items()}
                 trial.set_user_attr("fixed_overrides", fixed)
                 overrides = [f"{k}={v}" for k, v in {**params, **fixed}.items()]
@@ -253,17 +255,21 @@ class TradelabOptunaSweeper(Sweeper):
                 value = float(ret.return_value)  # re-raises the job's exception
                 if not math.isfinite(value):
                     raise ValueError(f"the job returned a validation Sharpe of {value}")
+                # the selected checkpoint's validation Sharpe, as measured: a pruned trial's Optuna value is its last
+                # *reported* number, the curve fit's extrapolation, which is not a validation figure
+                trial.set_user_attr(OBJECTIVE, value)
             except KeyboardInterrupt:
                 study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})  # run it again later
                 raise
+            except Surplus:
+                raise
             except Exception as e:
-                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
+                (now,) = (t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+                if now.state.is_finished():  # failed as stale by another process while alive: not this job's error
+                    raise
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
                 errors.append(e)
                 raise
-            # the selected checkpoint's validation Sharpe, as measured: a pruned trial's Optuna value is its last
-            # *reported* number, the curve fit's extrapolation, which is not a validation figure
-            trial.set_user_attr(OBJECTIVE, value)
             if pruned:
                 raise optuna.TrialPruned()
             return value
