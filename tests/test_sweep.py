@@ -194,7 +194,7 @@ def test_sweep_summary_reports_measured_values_and_effective_trials(tmp_path):
     done.set_user_attr("run_dir", runs[1])
     done.set_user_attr("val_sharpe", 0.7)
     study.tell(done, 0.7)
-    write_sweep_summary(study, tmp_path, runs)
+    write_sweep_summary(study, tmp_path)
 
     trials = pd.read_csv(tmp_path / "trials.csv").set_index("trial")
     assert trials.val_sharpe.tolist() == [0.9, 0.7] and trials.curve_fit_prediction[0] == 5.0

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 
-def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, str]) -> None:
+def write_sweep_summary(study: optuna.Study, sweep_dir: Path) -> None:
     """optimization_results.yaml, best_overrides.yaml, trials.csv and sweep_report.md in ``sweep_dir``."""
     import numpy as np
     import pandas as pd
@@ -30,7 +30,7 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path, runs: dict[int, st
     trials = [t for t in study.trials if "surplus" not in t.user_attrs]  # a surplus trial never ran its job
     rows = []
     for t in trials:
-        where = t.user_attrs.get("run_dir") or runs.get(t.number, "")
+        where = t.user_attrs.get("run_dir", "")
         hist = Path(where) / "val_history.csv"
         checks = pd.read_csv(hist)["sharpe"].to_numpy(dtype=float) if where and hist.is_file() else np.zeros(0)
         measured = t.user_attrs.get("val_sharpe", t.value if t.state == optuna.trial.TrialState.COMPLETE else None)

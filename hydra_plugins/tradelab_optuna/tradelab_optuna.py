@@ -193,10 +193,10 @@ class TradelabOptunaSweeper(Sweeper):
         )
         errors: list[BaseException] = []
         objective = self._objective(study, space, fixed, n_trials, errors)
-        self.seen: dict[int, float] = {}  # RUNNING trials no objective started, and when this process first saw them
+        seen: dict[int, float] = {}  # RUNNING trials no objective started, and when this process first saw them
         while True:
             optuna.storages.fail_stale_trials(study)  # a dead process's trial: FAIL, and re-queued
-            for t in orphans(study.get_trials(deepcopy=False), self.seen, self.grace) if self.heartbeat else []:
+            for t in orphans(study.get_trials(deepcopy=False), seen, self.grace) if self.heartbeat else []:
                 # as Optuna's fail_stale_trials does (tell() would run the sampler's after_trial: a grid may stop)
                 if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
                     study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
@@ -220,7 +220,7 @@ class TradelabOptunaSweeper(Sweeper):
             if len(errors) > self.max_failure_rate * n_trials:
                 log.error(f"{len(errors)} trial(s) failed here; hydra.sweeper.max_failure_rate={self.max_failure_rate}")
                 raise errors[-1]
-        write_sweep_summary(study, Path(self.config.hydra.sweep.dir), {})
+        write_sweep_summary(study, Path(self.config.hydra.sweep.dir))
 
     def _objective(self, study: optuna.Study, space: dict, fixed: dict, n_trials: int, errors: list):
         """The function ``study.optimize`` calls: one Hydra job with the trial's parameters."""
@@ -264,9 +264,8 @@ class TradelabOptunaSweeper(Sweeper):
             except Surplus:
                 raise
             except Exception as e:
-                (now,) = (t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-                if now.state.is_finished():  # failed as stale by another process while alive: not this job's error
-                    raise
+                # raises UpdateFinishedTrialError when another process failed this live trial as stale: then it is
+                # not this job's error and is not counted
                 trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
                 errors.append(e)
                 raise
