@@ -111,7 +111,7 @@ def versus(df: pd.DataFrame, baseline: str) -> str:
     import numpy as np
     from scipy.stats import ttest_ind
 
-    from src.stats import min_detectable_difference
+    from src.evaluation.stats import min_detectable_difference
 
     lines = [
         f"Difference from `{baseline}` (mean over seeds; two-sample t-test p-value in brackets):",

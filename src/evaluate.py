@@ -17,15 +17,15 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from src.checkpoint import load_checkpoint
+from src.core.checkpoint import load_checkpoint
+from src.core.errors import ConfigError
+from src.core.utils import build, command_line, git_revision, one_line_errors
 from src.data.market import SPLITS
-from src.errors import ConfigError
-from src.evaluation import evaluate_split
-from src.lit_module import PPOModule
-from src.lit_state import refuse_changed_data
-from src.reporting import write_run_outputs
-from src.utils import build, command_line, git_revision, one_line_errors
-from src.verdict import verdict
+from src.evaluation.verdict import verdict
+from src.evaluation.walk import evaluate_split
+from src.reports.run import write_run_outputs
+from src.training.module import PPOModule
+from src.training.state import refuse_changed_data
 
 
 def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:

@@ -20,12 +20,12 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from src.app.restore import load_policy
+from src.core.errors import ConfigError
+from src.core.files import atomic_write
+from src.core.utils import one_line_errors
 from src.data.market import NORM_CLIP
-from src.errors import ConfigError
 from src.models.actor_critic import ActorCritic
-from src.predict import load_policy
-from src.reporting import atomic_write
-from src.utils import one_line_errors
 
 FORMATS = ("torchscript", "onnx")
 

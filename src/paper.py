@@ -4,11 +4,11 @@
 file) whose first decision is taken at the close of the bar dated ``from``; ``python -m src.paper account=acct.db``
 then processes every complete bar the CSV has gained since the last invocation, exactly once, and
 ``python -m src.paper report account=acct.db`` prints the account's metrics and its verdict against buy-and-hold
-since the start (:mod:`src.metrics`, :mod:`src.verdict`: the same figures as every report).
+since the start (:mod:`src.evaluation.metrics`, :mod:`src.evaluation.verdict`: the same figures as every report).
 
 Each bar is one transaction: the decision taken at the close of bar t (the deterministic policy on the window
 ending at t and the current drifted weight, normalised with the checkpoint's statistics: :mod:`src.predict`), the
-fill over bar t+1 through :class:`src.broker.SimulatedBroker` (the env's accounting), and the new equity, with
+fill over bar t+1 through :class:`src.live.broker.SimulatedBroker` (the env's accounting), and the new equity, with
 buy-and-hold beside it. A kill at any moment leaves the ledger at a bar boundary (SQLite rolls the open
 transaction back); running again continues from there, and running twice changes nothing. Bars that are not
 complete (``now`` before their end) are left for a later invocation.
@@ -29,14 +29,15 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from src.broker import SimulatedBroker
+from src.app.restore import load_policy
+from src.core.errors import ConfigError, DataError
+from src.core.utils import one_line_errors
 from src.data.loader import file_sha256, load_ohlcv, resolve_path
 from src.data.market import bar_series
 from src.envs.market_env import Obs
-from src.errors import ConfigError, DataError
-from src.evaluation import EvalResult, ledger_metrics
-from src.predict import bar_at, check_bars, load_policy, normalised_features
-from src.utils import one_line_errors
+from src.evaluation.walk import EvalResult, ledger_metrics
+from src.live.bars import bar_at, check_bars, normalised_features
+from src.live.broker import SimulatedBroker
 
 COLUMNS = ("position", "turnover", "cost", "gross_return", "dividend", "financing", "net_return", "risk_free",
            "equity", "drifted")  # fmt: skip
@@ -184,8 +185,8 @@ def ledgers(db: sqlite3.Connection) -> dict[str, pd.DataFrame]:
 
 def report(cfg: DictConfig) -> dict:
     """The account's metrics and its verdict against buy-and-hold since its start."""
-    from src.reporting import metrics_table
-    from src.verdict import verdict
+    from src.evaluation.verdict import verdict
+    from src.reports.run import metrics_table
 
     db = connect(cfg.account)
     acct = meta(db)

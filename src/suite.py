@@ -2,12 +2,12 @@
 
 For every market (``--markets``; default: the six of :mod:`src.data.planted`, optionally the shipped tickers) it
 trains ``population=K`` members (``--population``) with the given overrides, each member selected on validation
-and tested once (:mod:`src.lit_population`), and writes one table: the test Sharpe's mean and 95% interval over
+and tested once (:mod:`src.training.population`), and writes one table: the test Sharpe's mean and 95% interval over
 members, the **share of the oracle's Sharpe captured** (the oracle measured after costs on the same test bars,
-:func:`src.data.planted.oracle_results`), buy-and-hold, and how many members beat buy-and-hold after Holm's
+:func:`src.evaluation.oracle.oracle_results`), buy-and-hold, and how many members beat buy-and-hold after Holm's
 correction. With ``--baseline "<overrides>"`` the baseline configuration is trained on the same markets with the
 same member seeds, and every row gets the paired difference (member k against baseline member k) with its
-interval and p-value (:func:`src.stats.paired_difference`) and what the design could detect.
+interval and p-value (:func:`src.evaluation.stats.paired_difference`) and what the design could detect.
 
 Every run is its own ``python -m src.train`` process (the same command a user would type, recorded in each run's
 report) under ``--out``. Scale up by override: ``--population 64 trainer.max_steps=20000 trainer=gpu``.
@@ -24,13 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from src.data.planted import oracle_results
-from src.errors import ConfigError
-from src.lit_population import check_population
-from src.population_report import population_verdict
-from src.reporting import atomic_write
-from src.stats import holm, mean_interval, paired_difference
-from src.suite_report import report
+from src.core.errors import ConfigError
+from src.core.files import atomic_write
+from src.evaluation.oracle import oracle_results
+from src.evaluation.stats import holm, mean_interval, paired_difference
+from src.reports.population import population_verdict
+from src.reports.suite import report
+from src.training.population import check_population
 
 MARKETS = ("momentum", "mean_reversion", "ou_trend", "regime", "vol_clustering", "null_market")
 TICKERS = ("tsla",)
@@ -111,7 +111,7 @@ def _compose(overrides: list[str]):
 
 def batched(market: str, overrides: list[str], population: int) -> bool:
     """Whether one ``population=K`` process can train this configuration; if not (an add-on, an ensemble,
-    another algorithm: :func:`src.lit_population.check_population`), the suite runs the K seeds one by one."""
+    another algorithm: :func:`src.training.population.check_population`), the suite runs the K seeds one by one."""
     try:
         check_population(_compose([f"env={market}", f"population={population}", *arm(overrides)]))
     except ConfigError:
@@ -145,7 +145,7 @@ def run_seeds(market: str, overrides: list[str], population: int, run_dir: Path,
 
 def market_oracle(market: str, overrides: list[str]) -> float:
     """The oracle's test Sharpe after costs (NaN for a market without one, e.g. a shipped ticker)."""
-    from src.utils import build
+    from src.core.utils import build
 
     cfg = _compose([f"env={market}", *[o for o in overrides if o.startswith(("env.", "+env."))]])
     m = build(cfg.env)

@@ -26,11 +26,13 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.errors import ConfigError
-from src.evaluation import EvalResult, ledger_metrics
-from src.reporting import atomic_write, metrics_table, significance_table
-from src.utils import build, command_line, git_revision, one_line_errors
-from src.verdict import verdict
+from src.app.run import train
+from src.core.errors import ConfigError
+from src.core.files import atomic_write
+from src.core.utils import build, command_line, git_revision, one_line_errors
+from src.evaluation.verdict import verdict
+from src.evaluation.walk import EvalResult, ledger_metrics
+from src.reports.run import metrics_table, significance_table
 
 
 def fold_bounds(n: int, folds: int, oos_fraction: float, val_bars: int | None) -> list[dict[str, int]]:
@@ -64,8 +66,6 @@ def _hydra_node(node: DictConfig, output_dir: Path) -> DictConfig:
 @one_line_errors
 def walk_forward(cfg: DictConfig) -> dict:
     """Run every fold, stitch the test periods, write the report; returns the stitched metrics."""
-    from src.train import train
-
     hydra_node = HydraConfig.get()
     out = Path(hydra_node.runtime.output_dir)
     wf = cfg.walk_forward

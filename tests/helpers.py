@@ -37,7 +37,7 @@ def run_killed_and_resumed(tmp_path, overrides: list[str], at: int = 5):
     """
     import pytest
 
-    from src.checkpoint import load_checkpoint
+    from src.core.checkpoint import load_checkpoint
     from src.train import train
     from tests.conftest import compose_cfg
 
@@ -108,3 +108,47 @@ class FixPolicy(Callback):
         with torch.no_grad():
             last.weight.zero_()
             last.bias.copy_(torch.tensor([inv(alpha - 1), inv(beta - 1)]))
+
+
+# 6 PPO iterations of 4 gradient steps; validation (and last.ckpt) every 2 iterations.
+LONGER = ["trainer.max_steps=24", "trainer.val_check_interval=2"]
+
+
+def run_tiny(tmp_path, name: str, *extra: str, resume=None):
+    """The tiny config (a little longer) trained in-process in ``tmp_path / name``, or ``resume`` continued."""
+    from src.train import train
+    from tests.conftest import TINY, compose_cfg
+
+    run = resume or tmp_path / name
+    run.mkdir(parents=True, exist_ok=True)
+    overrides = [*TINY, *LONGER, *extra] if resume is None else [f"resume={run}"]
+    return train(compose_cfg(overrides, run)), run
+
+
+def run_outcome(run) -> tuple[dict, str]:
+    """A finished run's metrics and validation history, to compare runs exactly."""
+    import json
+
+    return json.loads((run / "metrics.json").read_text()), (run / "val_history.csv").read_text()
+
+
+def write_ticker_csv(path, n: int, seed: int, start: str) -> str:
+    """A generated daily ticker of ``n`` bars from ``start``, written as a CSV; returns its path."""
+    from src.data.synthetic import generate_bars
+
+    df = generate_bars(n_bars=n, seed=seed, start=start)
+    df.index = df.index.strftime("%Y-%m-%d")
+    path.write_text(df.to_csv(index_label="timestamp"))
+    return str(path)
+
+
+def tensorboard_scalars(run) -> set[str]:
+    """Every scalar tag TensorBoard holds under ``run``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for ev in run.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags

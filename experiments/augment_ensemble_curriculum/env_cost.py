@@ -19,9 +19,9 @@ sys.path.insert(0, str(ROOT / "experiments" / "benchmarks"))
 
 from bench import compose  # noqa: E402
 
+from src.core.utils import build  # noqa: E402
 from src.envs.augmented_env import AugmentedEnv  # noqa: E402
 from src.envs.market_env import MarketEnv  # noqa: E402
-from src.utils import build  # noqa: E402
 
 OPTIONS = ("none", "jitter", "magnitude_warp", "time_warp", "window_slice", "mixup", "cutmix", "all")
 

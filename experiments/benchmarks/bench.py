@@ -75,7 +75,7 @@ def peak_rss_mb() -> float:
 
 def tsla_market(window: int | None = None):
     """The shipped TSLA market exactly as ``env=tsla`` builds it (optionally another window length)."""
-    from src.utils import build
+    from src.core.utils import build
 
     return build(compose(["env=tsla", *([f"env.window={window}"] if window else [])])["env"])
 
@@ -170,8 +170,8 @@ def lightning_ppo(overrides: list[str], iterations: int, precision: str, acceler
     import lightning as L
     import torch
 
-    from src.lit_module import PPOModule
-    from src.utils import build
+    from src.core.utils import build
+    from src.training.module import PPOModule
 
     cfg = compose(overrides)
     market = build(cfg["env"])
@@ -210,11 +210,11 @@ def bare_ppo(overrides: list[str], iterations: int) -> float:
     """The same PPO work as :meth:`PPOModule.training_step` for a plain model, as a bare PyTorch loop."""
     import torch
 
+    from src.core.utils import build
     from src.envs.market_env import MarketEnv
     from src.rl.gae import compute_gae
     from src.rl.ppo import normalize_advantages, policy_loss, value_loss
     from src.rl.rollout import Rollout, collect
-    from src.utils import build
 
     cfg = compose(overrides)
     market = build(cfg["env"])

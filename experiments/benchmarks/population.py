@@ -39,9 +39,9 @@ def child(k: int, threads: int, overrides: list[str], iterations: int) -> dict:
     import torch
     from bench import compose, peak_rss_mb
 
-    from src.lit_module import PPOModule
-    from src.lit_population import PopulationModule
-    from src.utils import build
+    from src.core.utils import build
+    from src.training.module import PPOModule
+    from src.training.population import PopulationModule
 
     torch.set_num_threads(threads)
     cfg = compose(["env=tsla", f"population={k}", *overrides])

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from src.core.utils import build
 from src.envs.market_env import MarketEnv
 from src.envs.portfolio_env import PortfolioEnv
 from src.models.portfolio import SimplexDirichlet
-from src.utils import build
 
 ROOT = Path(__file__).resolve().parents[2]
 

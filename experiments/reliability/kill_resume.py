@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from src.checkpoint import load_checkpoint  # noqa: E402
+from src.core.checkpoint import load_checkpoint  # noqa: E402
 
 
 def train(*args: str) -> subprocess.Popen:

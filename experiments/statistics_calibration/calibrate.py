@@ -4,12 +4,12 @@
 
 Every rate comes with its Clopper-Pearson 95% interval over the simulated draws. Rows:
 
-- the paired test of the agent's Sharpe against buy-and-hold's (Ledoit & Wolf 2008, ``src.stats``) under
+- the paired test of the agent's Sharpe against buy-and-hold's (Ledoit & Wolf 2008, ``src.evaluation.stats``) under
   three nulls (equal true Sharpe ratios), its power against planted edges, and the old rule it replaced
   (PSR against buy-and-hold's sample Sharpe taken as a known constant);
 - P(DSR >= 0.95) with no skill anywhere, for one run's validation checks and for a sweep's trials, with
-  the old rules and the new (``src.stats.selection_benchmark``);
-- the pooled test of a universe (``src.stats_panel``) on tickers that move together, against a t-test over the
+  the old rules and the new (``src.evaluation.stats.selection_benchmark``);
+- the pooled test of a universe (``src.evaluation.panel``) on tickers that move together, against a t-test over the
   tickers' differences taken as independent.
 """
 
@@ -22,9 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from src.calibration import BARS, PAIR_KINDS, binomial_interval, paired_rates, selection_rates
-from src.stats_panel import panel_rates
-from src.utils import git_revision
+from src.core.utils import git_revision
+from src.evaluation.calibration import BARS, PAIR_KINDS, binomial_interval, paired_rates, panel_rates, selection_rates
 
 HERE = Path(__file__).resolve().parent
 
@@ -119,7 +118,7 @@ def main() -> None:
         "its undercount of the checks happened to offset that conservatism; the old sweep rule's did not. What "
         "the rules must get right is the benchmark itself, the expected maximum of the candidates: the unit "
         "tests check it against simulation to within 15%, where counting every check or counting trials misses "
-        "it by 20-50% (`tests/test_significance.py`).",
+        "it by 20-50% (`tests/evaluation/test_significance.py`).",
     ]
     m = max(n // 4, 100)
     lines += [
@@ -129,7 +128,7 @@ def main() -> None:
         "Nine tickers on the same 376 dates (the shipped universe's test period), buy-and-hold's true Sharpe 0.7 "
         "on each, the agent's the same (null) or higher by the edge; the tickers share a market factor "
         "(correlation rho between them) with t(5) shocks and the market's GARCH(1,1) volatility, each agent "
-        f"correlated 0.5 with its ticker ({m} draws each). The pooled test (`src.stats_panel`) should reject "
+        f"correlated 0.5 with its ticker ({m} draws each). The pooled test (`src.evaluation.panel`) should reject "
         "about 5% of the time under the null; the t-test over the nine per-ticker differences treats them as "
         "independent samples.",
         "",

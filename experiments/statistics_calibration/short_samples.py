@@ -3,7 +3,7 @@
 ``python experiments/statistics_calibration/short_samples.py``.
 
 Two return streams with the same true Sharpe (0.7 a year, 2% daily volatility, correlation 0 or 0.6), n bars;
-the share of draws where the one-sided test rejects at 5% (:func:`src.stats.sharpe_difference_test`, as every
+the share of draws where the one-sided test rejects at 5% (:func:`src.evaluation.stats.sharpe_difference_test`, as every
 verdict uses it). Seed 0, 3000 draws per row; prints markdown with Clopper-Pearson intervals.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import beta
 
-from src.stats import sharpe_difference_test
+from src.evaluation.stats import sharpe_difference_test
 
 
 def main(draws: int = 3000) -> None:

@@ -1,7 +1,7 @@
 """Tables of experiments/universe/results.md from the runs of experiments/universe/run.sh.
 
 Usage: ``python experiments/universe/summarize.py <outputs/universe> [seeds]``; prints markdown. Reads only what
-the runs wrote (``metrics.json``, ``run_info.json``); the intervals are over seeds (:mod:`src.stats`).
+the runs wrote (``metrics.json``, ``run_info.json``); the intervals are over seeds (:mod:`src.evaluation.stats`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from src.stats import holm, mean_interval, paired_difference
+from src.evaluation.stats import holm, mean_interval, paired_difference
 
 
 def load(run: Path) -> tuple[dict, dict]:

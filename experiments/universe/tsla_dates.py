@@ -3,7 +3,7 @@
 Usage: ``python experiments/universe/tsla_dates.py <outputs/universe> [seeds]``; prints markdown. Re-walks TSLA's
 test split with each universe run's selected checkpoint (the run's own per-ticker evaluation, repeated: the
 figures must equal its report's TSLA row) and reads each TSLA-only run's ``trades_test.csv``; then, per seed and
-for the seeds' average book, the Ledoit-Wolf paired Sharpe test on the same 377 bars (:mod:`src.stats`).
+for the seeds' average book, the Ledoit-Wolf paired Sharpe test on the same 377 bars (:mod:`src.evaluation.stats`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from src.checkpoint import load_checkpoint
-from src.evaluation import evaluate_split, excess_series
-from src.lit_universe import UniverseModule
-from src.stats import sharpe_difference_test
-from src.utils import build
+from src.core.checkpoint import load_checkpoint
+from src.core.utils import build
+from src.evaluation.stats import sharpe_difference_test
+from src.evaluation.walk import evaluate_split, excess_series
+from src.training.universe import UniverseModule
 
 
 def universe_tsla(run: Path):

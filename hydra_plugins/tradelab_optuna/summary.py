@@ -3,8 +3,8 @@
 ``trials.csv`` has every trial's best *measured* validation Sharpe (the user attribute ``val_sharpe``), never the
 curve fit's extrapolation (a pruned trial's Optuna value), which has its own labelled column; ``sweep_report.md``
 gives the deflated Sharpe ratio of the best trial given every validation check of every trial
-(:func:`src.stats.selection_benchmark`: the effective number of trials), and that trial's test-period verdict; no
-other trial's test figure is listed.
+(:func:`src.evaluation.stats.selection_benchmark`: the effective number of trials), and that trial's
+test-period verdict; no other trial's test figure is listed.
 """
 
 import json
@@ -22,9 +22,9 @@ def write_sweep_summary(study: optuna.Study, sweep_dir: Path) -> None:
     import numpy as np
     import pandas as pd
 
-    from src.evaluation import excess_series
-    from src.reporting import atomic_write
-    from src.stats import probabilistic_sharpe_ratio, selection_benchmark
+    from src.core.files import atomic_write
+    from src.evaluation.stats import probabilistic_sharpe_ratio, selection_benchmark
+    from src.evaluation.walk import excess_series
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     trials = [t for t in study.trials if "surplus" not in t.user_attrs]  # a surplus trial never ran its job
@@ -107,7 +107,7 @@ Best trial {best.number}: validation Sharpe {best.value:.3f} with `{" ".join(f"{
 Selection: the best trial's checkpoint was chosen among {bench["checks"]} validation checks over
 {bench["trials"]} trials. Checks of one trial are correlated, so they count as
 **{bench["effective_trials"]:.1f} effective trials** (a trial of m checks counts ρ + (1 − ρ)·m, with
-ρ = 1 − V_trial / V the intraclass correlation of its checks' Sharpe ratios; `src/stats.py`,
+ρ = 1 − V_trial / V the intraclass correlation of its checks' Sharpe ratios; `src/evaluation/stats.py`,
 `selection_benchmark`, and `docs/statistics.md`). By luck alone the best would reach a validation Sharpe
 of about {bench["expected_max_sharpe"]:.3f} (√V·E[max of N], Bailey & López de Prado 2014, with
 V = {bench["sharpe_std"]:.3f}² the variance of every check's Sharpe). Deflated Sharpe ratio of the best

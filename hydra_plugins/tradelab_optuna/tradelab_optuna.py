@@ -2,7 +2,7 @@
 
 Runs one trial at a time in this process through ``study.optimize``: the trial's parameters become Hydra
 overrides, the job runs through the configured launcher, and the running trial is published through
-:mod:`src.sweeper`; the curve-fit early-stopping callback reports its predicted final Sharpe to it at each
+:mod:`src.core.sweeper`; the curve-fit early-stopping callback reports its predicted final Sharpe to it at each
 validation check and stops the job when the study's ``pruner`` votes to prune a stalled run (the trial is then
 ``PRUNED``). The objective is the validation Sharpe of the run's selected checkpoint (``study.metric_names``:
 ``val_sharpe``).
@@ -226,7 +226,7 @@ class TradelabOptunaSweeper(Sweeper):
         """The function ``study.optimize`` calls: one Hydra job with the trial's parameters."""
 
         def objective(trial: optuna.Trial) -> float:
-            from src.sweeper import set_active_trial, take_pruned
+            from src.core.sweeper import set_active_trial, take_pruned
 
             try:
                 # "started" names this trial: a re-queued copy inherits its original's attributes, not this one

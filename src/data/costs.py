@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from src.config_check import number
+from src.core.checks import number
 
 TRADING = ("commission_bps", "spread_bps", "slippage_bps")
 FINANCING = ("cash_rate_bps", "borrow_bps", "margin_rate_bps")

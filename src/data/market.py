@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from src.core.errors import ConfigError, DataError
 from src.data.costs import Costs, accrual_years, dividend_yields
 from src.data.costs import describe as describe_costs
 from src.data.features import FEATURE_NAMES, compute_features, warmup_bars
 from src.data.loader import file_sha256, load_ohlcv, resolve_path
-from src.errors import ConfigError, DataError
 
 __all__ = ["Costs", "Market", "build_market", "infer_calendar", "load_market"]
 MAX_WEIGHT = 10.0  # |position limit| above this is taken for a typo (10x leverage)

@@ -21,7 +21,7 @@ decides, so an agent that trades less can beat it on a path: it is the edge's re
   above 0 (one test path's drift can still reward a lean that all members share).
 
 The oracle's Sharpe is measured after costs through the same env and accounting as the agent's
-(:func:`oracle_results`), never assumed.
+(:func:`src.evaluation.oracle.oracle_results`), never assumed.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from src.core.errors import ConfigError
 from src.data.market import Market, build_market
-from src.data.synthetic import _bars
-from src.errors import ConfigError
+from src.data.synthetic import synthetic_bars
 
 KINDS = ("momentum", "mean_reversion", "ou_trend", "regime", "vol_clustering", "null")
 
@@ -115,42 +115,9 @@ def planted_suite_market(
     r, oracle, sig = planted_returns(kind, n_bars, strength, vol, seed, trend, stay)
     rng = np.random.default_rng(seed + 1)
     close = 100.0 * np.exp(np.cumsum(r))
-    bars = _bars(np.concatenate([[100.0], close[:-1]]), close, sig, 0.0, rng, start)
+    bars = synthetic_bars(np.concatenate([[100.0], close[:-1]]), close, sig, 0.0, rng, start)
     digest = hashlib.sha256(pd.util.hash_pandas_object(bars).to_numpy().tobytes()).hexdigest()
     source = f"planted {kind}(strength={strength}, vol={vol}, seed={seed}, n_bars={n_bars})"
     market = build_market(bars, name=name or kind, source=source, data_hash=digest, **kwargs)
     market.oracle = pd.Series(oracle, index=bars.index).reindex(market.bars.index).to_numpy()
     return market
-
-
-class OraclePolicy:
-    """The oracle's weights along a split, in the order ``run_policies`` walks it (one call per bar)."""
-
-    def __init__(self, market: Market, split: str) -> None:
-        self.first, _ = market.decision_range(split)
-        self.weights, self.step = market.oracle, 0
-        self.device = market.device
-
-    def __call__(self, obs):
-        import torch
-
-        w = float(self.weights[self.first + self.step])
-        self.step += 1
-        return torch.full((obs.market.shape[0],), w, device=self.device)
-
-
-def oracle_results(market: Market, split: str) -> dict:
-    """The oracle's metrics on ``split``, through the same env, costs and financing as the agent."""
-    from src.evaluation import evaluate_split
-
-    return evaluate_split(market, split, OraclePolicy(market, split))["agent"].metrics
-
-
-def oracle_section(market: Market) -> tuple[dict, list[str]]:
-    """The oracle's validation and test Sharpe after costs, and the report lines that state them."""
-    val, test = oracle_results(market, "val"), oracle_results(market, "test")
-    out = {"val_sharpe": val["sharpe"], "test_sharpe": test["sharpe"], "test_turnover": test["turnover"]}
-    line = (f"The oracle of this planted market ({market.name}: the policy that knows the planted edge, "
-            "src/data/planted.py) earns, after the same costs: Sharpe {:.2f} on validation, {:.2f} on test "
-            "(turnover {:.1f}).").format(out["val_sharpe"], out["test_sharpe"], out["test_turnover"])  # fmt: skip
-    return out, ["## Oracle", "", line, ""]

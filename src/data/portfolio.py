@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from src.core.errors import ConfigError, DataError
 from src.data.universe import Universe, load_universe
-from src.errors import ConfigError, DataError
 
 MODES = ("long_only", "long_short")
 

@@ -14,8 +14,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from src.core.errors import ConfigError
 from src.data.market import Market, build_market
-from src.errors import ConfigError
 
 
 def generate_bars(
@@ -46,10 +46,10 @@ def generate_bars(
     close = 100.0 * np.exp(np.cumsum(ret))
     prev_close = np.concatenate([[100.0], close[:-1]])
     open_ = prev_close * np.exp(gap)
-    return _bars(open_, close, sig, 20 * np.abs(ret), rng, start)
+    return synthetic_bars(open_, close, sig, 20 * np.abs(ret), rng, start)
 
 
-def _bars(open_, close, sig, volume_push, rng: np.random.Generator, start: str) -> pd.DataFrame:
+def synthetic_bars(open_, close, sig, volume_push, rng: np.random.Generator, start: str) -> pd.DataFrame:
     """OHLCV frame on business days: wicks of ~``sig`` around open and close, lognormal volume (x e^push)."""
     n_bars = len(close)
     wick = sig * np.abs(rng.standard_normal((2, n_bars))) * 0.5
@@ -98,7 +98,7 @@ def planted_bars(
     for i in range(1, n_bars):
         ret[i] = rho * ret[i - 1] + vol * np.sqrt(1 - rho**2) * eps[i]
     close = 100.0 * np.exp(np.cumsum(ret))
-    return _bars(np.concatenate([[100.0], close[:-1]]), close, vol, 0.0, rng, start)
+    return synthetic_bars(np.concatenate([[100.0], close[:-1]]), close, vol, 0.0, rng, start)
 
 
 def planted_market(

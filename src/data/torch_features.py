@@ -1,6 +1,6 @@
 """The features of :mod:`src.data.features`, batched in torch over many price paths.
 
-Augmented training episodes (:mod:`src.augment`) are new OHLCV paths; their indicators must be
+Augmented training episodes (:mod:`src.data.augment`) are new OHLCV paths; their indicators must be
 recomputed from the path itself, causally, exactly as the real data's are. :func:`path_features`
 is a port of :func:`src.data.features.compute_features` to (B, S) tensors: the same formulas, the
 same seeds of the exponential averages (pandas ``ewm(adjust=False)``: the first valid value), the

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from src.core.errors import ConfigError, DataError
 from src.data.features import warmup_bars
 from src.data.loader import file_sha256, load_ohlcv, resolve_path
 from src.data.market import Market, build_market
-from src.errors import ConfigError, DataError
 
 __all__ = ["Universe", "common_calendar", "load_universe", "shared_split_dates", "ticker_name"]
 

@@ -1,4 +1,5 @@
-"""Vectorised trading environment and its Gymnasium wrapper."""
+"""Vectorised trading envs in torch (single asset, augmented paths, universe, portfolio, population), their
+accounting as pure functions, and a Gymnasium wrapper."""
 
 from src.envs.market_env import MarketEnv, Obs
 

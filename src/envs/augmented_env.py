@@ -2,7 +2,7 @@
 
 Every ``path_length`` steps the N envs get a new generation of paths: N segments cut at random from
 the *training split only* (raw bars, with a feature warm-up before the first decision), transformed
-by an :class:`src.augment.Augmenter`, rebuilt into OHLCV, their features recomputed causally
+by an :class:`src.data.augment.Augmenter`, rebuilt into OHLCV, their features recomputed causally
 (:func:`src.data.torch_features.path_features`) and normalised with the market's training
 statistics. Observations and rewards both come from the new path, with the env's costs unchanged;
 validation and test use :class:`MarketEnv` on the real data and are never touched.
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from src.augment import Augmenter, bar_parts, rebuild
+from src.core.errors import ConfigError
+from src.data.augment import Augmenter, bar_parts, rebuild
 from src.data.features import warmup_bars
 from src.data.market import NORM_CLIP, Market
 from src.data.torch_features import path_features
 from src.envs.market_env import MarketEnv, Obs
-from src.errors import ConfigError
 
 WARMUP = 3 * warmup_bars()  # bars of each path before its first observation: the indicators settle
 

@@ -23,9 +23,9 @@ from typing import NamedTuple
 
 import torch
 
+from src.core.utils import compile_static
 from src.data.market import Market
 from src.envs.accounting import EPS, Scalars, account, income
-from src.utils import compile_static
 
 __all__ = ["EPS", "MarketEnv", "Obs", "Scalars", "Transition", "account", "all_windows", "income", "transition"]
 MAX_WINDOWS_BYTES = 512 * 2**20  # above this, observations are gathered row by row instead

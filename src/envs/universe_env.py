@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from src.core.errors import ConfigError
 from src.data.market import Market
 from src.data.universe import Universe
 from src.envs.accounting import Scalars
 from src.envs.market_env import MarketEnv
-from src.errors import ConfigError
 
 WEIGHTS = ("uniform", "bars")
 PER_TICKER = ("rate", "min_trade", "cash", "borrow", "margin")  # the rest of Scalars are constants

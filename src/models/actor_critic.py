@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.core.errors import ConfigError
 from src.envs.market_env import Obs
-from src.errors import ConfigError
 from src.models.distributions import ScaledBeta
 
 

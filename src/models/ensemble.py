@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from src.core.errors import ConfigError
 from src.envs.market_env import Obs
-from src.errors import ConfigError
 from src.models.distributions import ScaledBeta
 from src.rl.addons import AddOn, Batch, Iteration
 from src.rl.value_norm import pooled_moments

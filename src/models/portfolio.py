@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Dirichlet
 
+from src.core.errors import ConfigError
 from src.envs.market_env import Obs
-from src.errors import ConfigError
 from src.models.actor_critic import Block, TransformerEncoder
 
 X_EPS = 1e-6  # samples are kept off the faces of the simplex, where the density is 0 or infinite

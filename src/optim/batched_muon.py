@@ -1,13 +1,13 @@
 """Muon for a population's stacked matrices: every member's matrix orthogonalised on its own, in one batched call.
 
-A population (:mod:`src.population`) holds each weight matrix of its K members as one (K, rows, cols) tensor.
+A population (:mod:`src.models.population`) holds each weight matrix of its K members as one (K, rows, cols) tensor.
 ``torch.optim.Muon`` only takes 2-D matrices; :class:`BatchedMuon` is the same update for a stack of them:
 per member, the momentum ``buf = lerp(buf, g, 1 - momentum)``, the Nesterov blend ``lerp(g, buf, momentum)``,
 Newton-Schulz orthogonalisation in bfloat16 with torch's quintic coefficients, each matrix normalised by its
 own Frobenius norm, the learning rate adjusted by the member matrix's shape, decoupled weight decay. The
 Newton-Schulz products are batched matmuls over the K members (``torch.baddbmm``), so one optimizer step costs
 a handful of kernels per weight position instead of K x as many. A member's step equals ``torch.optim.Muon``'s
-on that member's matrix alone (``tests/test_population.py``).
+on that member's matrix alone (``tests/training/test_population.py``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from src.errors import ConfigError
+from src.core.errors import ConfigError
 
 # Multi-tensor (foreach) kernels on every device: on the CPU torch defaults to a loop over parameters,
 # which costs a third of a small model's update; the results are bit-identical.

@@ -1,6 +1,6 @@
 """The pieces of one training iteration, each a small object with one interface.
 
-:class:`src.lit_module.PPOModule` orchestrates an iteration: rollout -> rewards -> targets -> update -> log.
+:class:`src.training.module.PPOModule` orchestrates an iteration: rollout -> rewards -> targets -> update -> log.
 
 - An **update rule** (``algo`` group: :class:`src.rl.ppo.PPO`, :class:`src.rl.grpo.GRPO`) turns a rollout and
   its rewards into a :class:`Batch` of per-step targets (``targets``) and a minibatch into a loss (``loss``).

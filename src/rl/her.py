@@ -17,7 +17,7 @@ training goals' distribution restricted to the goals the growth ``c_t'+1`` reach
 ``[goal_low, min(annual(c_t'+1), goal_high)]``). Where ``c_t'+1`` reached no goal of that range the relabel
 is not stored. Andrychowicz et al. relabel with the achieved goal itself; here that put most copies on goals
 outside the trained range, and self-imitation of them dragged the policy back to its behaviour (on the goal
-task of ``tests/test_learning.py``, after 30 iterations: 0.117 of the goals reached, against 0.189 without
+task of ``tests/rl/test_learning.py``, after 30 iterations: 0.117 of the goals reached, against 0.189 without
 relabels; the achieved goal kept only inside the range 0.367, this rule 0.354). The goal rewards from t
 to the window's end are recomputed for ``g'``; the return beyond the window does not depend on the goal
 (a new window draws a new one), so the relabelled return is the original one plus the discounted change

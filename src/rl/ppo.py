@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from src.errors import ConfigError
+from src.core.errors import ConfigError
 from src.rl.addons import Batch, Iteration
 from src.rl.gae import compute_gae
 from src.rl.value_norm import ValueNorm

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from src.core.errors import ConfigError
 from src.envs.market_env import Obs
-from src.errors import ConfigError
 
 KINDS = ("uniform", "prioritized", "her")
 

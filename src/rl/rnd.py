@@ -4,7 +4,7 @@ Why not ICM (Pathak et al., 2017), this module's predecessor: ICM's bonus is a f
 predicting the next state's features. In a market the next bar is not the agent's doing, so that error is the
 market's own unpredictability (a reward for standing in volatile bars, whatever one does): the project's review
 measured, on TSLA, ICM bonuses for two different actions on the same transition correlated at 0.995; in the
-protocol of ``tests/test_addons.py`` (trained on a long-only behaviour), ICM gave the never-held opposite position
+protocol of ``tests/rl/test_addons.py`` (trained on a long-only behaviour), ICM gave the never-held opposite position
 1.13x the bonus of the held one, correlated at 0.96 across states. The only part of the next state the agent
 controls is its position, which a forward model predicts trivially. What is worth exploring is which positions
 the agent has *not yet held in this kind of market*; RND measures exactly that: a fixed, randomly initialised
@@ -32,8 +32,8 @@ import math
 import torch
 from torch import nn
 
+from src.core.errors import ConfigError
 from src.envs.market_env import Obs
-from src.errors import ConfigError
 from src.rl.addons import AddOn, Batch, Iteration
 from src.rl.value_norm import RunningMeanStd
 

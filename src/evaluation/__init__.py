@@ -1,0 +1,1 @@
+"""Deterministic evaluation (the ledger walk), metrics, statistical tests, verdicts, oracles, universes, portfolios."""
