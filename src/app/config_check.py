@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.core.checks import number
 from src.core.errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("env", "model", "algo", "optimizer", "scheduler", "curiosity", "replay", "ensemble", "curriculum")
 
 

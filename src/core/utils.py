@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from src.core.errors import TradelabError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # conf/train.yaml: ``resume=<run dir>`` runs in that directory; Hydra's own record of the resuming
 # invocation goes to .hydra/resume-<time> so the first launch's .hydra/ files stay as they were.
