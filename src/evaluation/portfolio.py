@@ -27,7 +27,7 @@ import torch
 from src.data.portfolio import PortfolioMarket
 from src.envs.portfolio_env import PortfolioEnv
 from src.evaluation.stats import sharpe_difference_test
-from src.evaluation.walk import COLUMNS, EvalResult, excess_series, ledger_metrics
+from src.evaluation.walk import COLUMNS, EvalResult, excess_series, ledger_metrics, walk
 
 KEYS = ("t", "exposure", "turnover", "cost", "gross_return", "dividend", "financing", "net_return", "risk_free")
 
@@ -44,56 +44,61 @@ def month_starts(pm: PortfolioMarket) -> torch.Tensor:
     return torch.as_tensor(out, device=pm.device)
 
 
-@torch.no_grad()
-def run_portfolio(pm: PortfolioMarket, split: str, policy=None, values: list | None = None) -> dict[str, pd.DataFrame]:
-    """Walk ``split`` once with the agent (``policy``: Obs -> simplex points, deterministic) and the baselines.
+class PortfolioBook:
+    """A portfolio for :func:`~src.evaluation.walk.walk`: the agent's simplex point and the baselines' weight
+    vectors, each baseline trading on its calendar (its first bar; 1/N also the month's first bars) and holding
+    its drifted weights in between."""
 
-    ``values``: the critic's value of each of the agent's observations is appended there (``policy`` returns
-    ``(action, value)`` then). Returns one ledger per name.
-    """
-    names = (["agent"] if policy is not None else []) + baseline_names(pm)
-    n, k, dev = len(names), pm.num_assets, pm.device
-    env = PortfolioEnv(pm, split, n, random_start=False, auto_reset=False)
-    obs = env.reset()
-    free = torch.tensor([nm != "agent" for nm in names], device=dev)
-    ew = torch.full((k,), 1.0 / k, device=dev)
-    single = torch.eye(k, device=dev)
-    fixed = torch.stack([ew, ew, torch.zeros(k, device=dev), *single])  # the baselines' first targets
-    rebalance = month_starts(pm)
-    rows: dict[str, list[torch.Tensor]] = {key: [] for key in (*KEYS, "equity", "position")}
-    alive = torch.ones(n, dtype=torch.bool, device=dev)
-    a0 = n - len(fixed)  # the baselines' first env (after the agent's)
-    hold = torch.zeros(n, dtype=torch.bool, device=dev)
-    for step in range(env.max_len):
-        target = fixed.clone()  # the baselines' targets when they trade: the first bar, and 1/N's month ends
+    keys = (*KEYS, "equity", "position")
+
+    def __init__(self, pm: PortfolioMarket, split: str, policy=None, values: list | None = None) -> None:
+        self.pm, self.values = pm, values
+        self.names = (["agent"] if policy is not None else []) + baseline_names(pm)
+        n, k, dev = len(self.names), pm.num_assets, pm.device
+        self.env = PortfolioEnv(pm, split, n, random_start=False, auto_reset=False)
+        self.free = torch.tensor([nm != "agent" for nm in self.names], device=dev)
+        ew = torch.full((k,), 1.0 / k, device=dev)
+        self.fixed = torch.stack([ew, ew, torch.zeros(k, device=dev), *torch.eye(k, device=dev)])  # first targets
+        self.rebalance = month_starts(pm)
+        self.a0 = n - len(self.fixed)  # the baselines' first env (after the agent's)
+        self.hold = torch.zeros(n, dtype=torch.bool, device=dev)
+
+    def targets(self, step: int, obs, policy) -> torch.Tensor:
+        target = self.fixed.clone()  # the baselines' targets when they trade: the first bar, and 1/N's month ends
         if step > 0:
-            hold[a0:] = True  # ... else they keep their drifted weights
-            hold[a0 + 1] = not bool(rebalance[env.t[0]])  # one_over_n
-        if policy is not None:
-            action, v = policy(type(obs)(obs.market[:1], obs.position[:1]))
-            if values is not None:
-                values.append(v.reshape(()))
-            target = torch.cat([env.to_weights(action.reshape(1, -1)), target])
-        obs, _, terminated, _, info = env.step_weights(target * alive[:, None], bound=~free, hold=hold & alive)
-        for key in rows:
-            rows[key].append(info[key])
-        alive &= ~terminated
-    cols = {key: torch.stack(v).cpu().numpy() for key, v in rows.items()}
-    t = cols.pop("t")[:, 0]
-    weights = cols.pop("position")  # (steps, n, k)
-    idx = pm.dates[t]
-    first = env.first
-    price = (pm.close[t] / pm.close[first]).mean(1)
-    out = {}
-    for j, name in enumerate(names):
-        df = pd.DataFrame({key: v[:, j] for key, v in cols.items()}, index=idx)
-        df = df.rename(columns={"exposure": "position"})
-        df.insert(0, "price", price)
-        df = df[list(COLUMNS)]
-        for a, ticker in enumerate(pm.tickers):
-            df[f"w_{ticker}"] = weights[:, j, a]
-        out[name] = df
-    return out
+            self.hold[self.a0 :] = True  # ... else they keep their drifted weights
+            self.hold[self.a0 + 1] = not bool(self.rebalance[self.env.t[0]])  # one_over_n
+        if policy is None:
+            return target
+        action, v = policy(type(obs)(obs.market[:1], obs.position[:1]))
+        if self.values is not None:
+            self.values.append(v.reshape(()))
+        return torch.cat([self.env.to_weights(action.reshape(1, -1)), target])
+
+    def advance(self, target: torch.Tensor, alive: torch.Tensor) -> tuple:
+        return self.env.step_weights(target * alive[:, None], bound=~self.free, hold=self.hold & alive)
+
+    def ledgers(self, cols: dict[str, np.ndarray]) -> dict[str, pd.DataFrame]:
+        pm, t = self.pm, cols.pop("t")[:, 0]
+        weights = cols.pop("position")  # (steps, n, k)
+        price = (pm.close[t] / pm.close[self.env.first]).mean(1)
+        out = {}
+        for j, name in enumerate(self.names):
+            df = pd.DataFrame({key: v[:, j] for key, v in cols.items()}, index=pm.dates[t])
+            df = df.rename(columns={"exposure": "position"})
+            df.insert(0, "price", price)
+            df = df[list(COLUMNS)]
+            for a, ticker in enumerate(pm.tickers):
+                df[f"w_{ticker}"] = weights[:, j, a]
+            out[name] = df
+        return out
+
+
+def run_portfolio(pm: PortfolioMarket, split: str, policy=None, values: list | None = None) -> dict[str, pd.DataFrame]:
+    """Walk ``split`` once with the agent (``policy``: Obs -> ``(simplex point, value)``, deterministic) and the
+    baselines; ``values``: the critic's value of each of the agent's observations is appended there. Returns one
+    ledger per name."""
+    return walk(PortfolioBook(pm, split, policy, values), policy)
 
 
 def evaluate_portfolio(pm: PortfolioMarket, split: str, policy=None, values: list | None = None):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -44,44 +46,81 @@ class EvalResult:
     metrics: dict[str, float]
 
 
-@torch.no_grad()
-def run_policies(market: Market, split: str, policy: Policy | None) -> dict[str, pd.DataFrame]:
-    """Walk ``split`` once with the agent (if given) and the baselines in one batched env.
+class Book(Protocol):
+    """What one kind of market supplies to :func:`walk`: the env every policy walks together (the agents' envs
+    first, then the baselines'), the targets of each step, how a step is taken, and the ledgers."""
 
-    Returns one ledger per name (``agent``, ``buy_and_hold``, ``flat``).
-    """
-    agents = list(getattr(policy, "names", ["agent"])) if policy is not None else []
-    n_agents = len(agents)
-    fixed_weights = baselines(market)
-    names = agents + list(fixed_weights)
-    fixed = torch.tensor(list(fixed_weights.values()), device=market.device)
-    lo, hi = market.position_limits
-    inf = float("inf")  # the baselines hold their weight whatever the agent's limits
-    lows = torch.tensor([lo] * n_agents + [-inf] * len(fixed), device=market.device)
-    highs = torch.tensor([hi] * n_agents + [inf] * len(fixed), device=market.device)
-    env = MarketEnv(market, split, num_envs=len(names), random_start=False, limits=(lows, highs))
+    env: Any
+    names: list[str]
+    keys: tuple[str, ...]  # the env's info entries every ledger records
+
+    def targets(self, step: int, obs: Obs, policy: Policy | None) -> torch.Tensor: ...
+
+    def advance(self, target: torch.Tensor, alive: torch.Tensor) -> tuple: ...
+
+    def ledgers(self, cols: dict[str, np.ndarray]) -> dict[str, pd.DataFrame]: ...
+
+
+@torch.no_grad()
+def walk(book: Book, policy: Policy | None) -> dict[str, pd.DataFrame]:
+    """Walk a split once with the agent (if given) and the baselines in one batched env: the one evaluation walk
+    of every book (a single asset here; a portfolio in :mod:`src.evaluation.portfolio`). A policy that goes
+    bankrupt stays out of the market for the rest of the split. Returns one ledger per name."""
+    env = book.env
     obs = env.reset()
-    keys = ("t", "position", "turnover", "cost", "gross_return", "dividend", "financing", "net_return", "risk_free")
-    rows: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, "equity")}
-    alive = torch.ones(len(names), dtype=torch.bool, device=market.device)
-    for _ in range(env.max_len):
-        action = torch.cat([policy(_first(obs, n_agents)).reshape(n_agents), fixed]) if policy is not None else fixed
-        action = torch.where(alive, action, torch.zeros_like(action))
-        obs, reward, terminated, truncated, info = env.step(action)
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in book.keys}
+    alive = None
+    for step in range(env.max_len):
+        target = book.targets(step, obs, policy)
+        alive = torch.ones(len(book.names), dtype=torch.bool, device=target.device) if alive is None else alive
+        obs, reward, terminated, truncated, info = book.advance(target, alive)
         if policy is not None and hasattr(policy, "after_step"):  # stateful policies (goal-conditioned)
             policy.after_step(reward[:1], (terminated | truncated)[:1])
         for k in rows:
             rows[k].append(info[k])
         alive &= ~terminated
-    cols = {k: torch.stack(v).cpu().numpy() for k, v in rows.items()}  # (steps, n_policies)
-    bars = market.bars
-    t = cols.pop("t")[:, 0]
-    out = {}
-    for j, name in enumerate(names):
-        df = pd.DataFrame({k: v[:, j] for k, v in cols.items()}, index=bars.index[t])
-        df.insert(0, "price", bars["close"].to_numpy()[t])
-        out[name] = df[list(COLUMNS)]
-    return out
+    return book.ledgers({k: torch.stack(v).cpu().numpy() for k, v in rows.items()})  # (steps, n_policies, ...)
+
+
+class AssetBook:
+    """One asset: the agent's target weight and the fixed weights of :func:`baselines`, which hold their weight
+    whatever the agent's limits."""
+
+    keys = ("t", "position", "turnover", "cost", "gross_return", "dividend", "financing", "net_return", "risk_free",
+            "equity")  # fmt: skip
+
+    def __init__(self, market: Market, split: str, policy: Policy | None) -> None:
+        agents = list(getattr(policy, "names", ["agent"])) if policy is not None else []
+        fixed = baselines(market)
+        self.market, self.n_agents, self.names = market, len(agents), agents + list(fixed)
+        self.fixed = torch.tensor(list(fixed.values()), device=market.device)
+        lo, hi, inf = *market.position_limits, float("inf")
+        lows = torch.tensor([lo] * self.n_agents + [-inf] * len(fixed), device=market.device)
+        highs = torch.tensor([hi] * self.n_agents + [inf] * len(fixed), device=market.device)
+        self.env = MarketEnv(market, split, num_envs=len(self.names), random_start=False, limits=(lows, highs))
+
+    def targets(self, step: int, obs: Obs, policy: Policy | None) -> torch.Tensor:
+        if policy is None:
+            return self.fixed
+        return torch.cat([policy(_first(obs, self.n_agents)).reshape(self.n_agents), self.fixed])
+
+    def advance(self, target: torch.Tensor, alive: torch.Tensor) -> tuple:
+        return self.env.step(torch.where(alive, target, torch.zeros_like(target)))
+
+    def ledgers(self, cols: dict[str, np.ndarray]) -> dict[str, pd.DataFrame]:
+        bars, t = self.market.bars, cols.pop("t")[:, 0]
+        out = {}
+        for j, name in enumerate(self.names):
+            df = pd.DataFrame({k: v[:, j] for k, v in cols.items()}, index=bars.index[t])
+            df.insert(0, "price", bars["close"].to_numpy()[t])
+            out[name] = df[list(COLUMNS)]
+        return out
+
+
+def run_policies(market: Market, split: str, policy: Policy | None) -> dict[str, pd.DataFrame]:
+    """The ledgers of the agent (if given) and the baselines on ``split`` of one asset (``agent``,
+    ``buy_and_hold``, ``flat``, and ``max_long`` where it applies)."""
+    return walk(AssetBook(market, split, policy), policy)
 
 
 def _first(obs: Obs, k: int) -> Obs:
