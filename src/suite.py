@@ -24,13 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+from src.app.kinds import kind_of
 from src.core.errors import ConfigError
 from src.core.files import atomic_write
 from src.evaluation.oracle import oracle_results
 from src.evaluation.stats import holm, mean_interval, paired_difference
 from src.reports.population import population_verdict
 from src.reports.suite import report
-from src.training.population import check_population
 
 MARKETS = ("momentum", "mean_reversion", "ou_trend", "regime", "vol_clustering", "null_market")
 TICKERS = ("tsla",)
@@ -111,9 +111,10 @@ def _compose(overrides: list[str]):
 
 def batched(market: str, overrides: list[str], population: int) -> bool:
     """Whether one ``population=K`` process can train this configuration; if not (an add-on, an ensemble,
-    another algorithm: :func:`src.training.population.check_population`), the suite runs the K seeds one by one."""
+    another algorithm: :data:`src.app.kinds.POPULATION`), the suite runs the K seeds one by one."""
+    cfg = _compose([f"env={market}", f"population={population}", *arm(overrides)])
     try:
-        check_population(_compose([f"env={market}", f"population={population}", *arm(overrides)]))
+        kind_of(cfg.env).refuse(cfg)
     except ConfigError:
         return False
     return True

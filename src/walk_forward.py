@@ -26,6 +26,7 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.app.kinds import kind_of
 from src.app.run import train
 from src.core.errors import ConfigError
 from src.core.files import atomic_write
@@ -47,13 +48,6 @@ def fold_bounds(n: int, folds: int, oos_fraction: float, val_bars: int | None) -
     return [{"train_bars": first + k * test - val, "val_bars": val, "test_bars": test} for k in range(folds)]
 
 
-def series_length(data) -> int:
-    """Bars the folds are cut from: a market's (after the warm-up); a universe's or a portfolio's dates that every
-    ticker covers (their splits count those: :func:`src.data.universe.shared_split_dates`)."""
-    universe = getattr(data, "universe", data)  # a portfolio holds its universe
-    return len(universe.dates) if hasattr(universe, "dates") and not hasattr(data, "bars") else len(data.bars)
-
-
 def _hydra_node(node: DictConfig, output_dir: Path) -> DictConfig:
     """A copy of Hydra's own (typed) config node with another runtime output directory."""
     node = copy.deepcopy(node)
@@ -70,7 +64,7 @@ def walk_forward(cfg: DictConfig) -> dict:
     out = Path(hydra_node.runtime.output_dir)
     wf = cfg.walk_forward
     full = build(cfg.env)  # the whole series once: its length decides the folds
-    n = series_length(full)
+    n = kind_of(cfg.env).lengths(full)  # a market's bars after the warm-up; the dates all tickers cover
     bounds = fold_bounds(n, int(wf.folds), float(wf.oos_fraction), wf.get("val_bars"))
     rows, agent, bh = [], [], []
     for k, b in enumerate(bounds):

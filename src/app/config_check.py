@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.app.kinds import kind_of
 from src.core.checks import number
 from src.core.errors import ConfigError
 
@@ -102,10 +103,7 @@ def check_run(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
     number(cfg.get("population", 1), "population", integer=True, low=1)
     if cfg.get("population_chunk") is not None:
         number(cfg.population_chunk, "population_chunk", integer=True, low=1)
-    if int(cfg.get("population", 1) or 1) > 1:
-        from src.training.population import check_population
-
-        check_population(cfg)
+    kind_of(cfg.get("env")).refuse(cfg)  # what this kind of run (and a population) cannot train
     number(cfg.get("lr_scale", 1.0), "lr_scale", **_POSITIVE)
     if cfg.get("threads") is not None:
         number(cfg.threads, "threads", integer=True, low=1)

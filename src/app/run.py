@@ -22,24 +22,17 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.app.config_check import check_run, hydra_choices
+from src.app.kinds import kind_of
 from src.app.loggers import as_list, log_config, publish
 from src.core.checkpoint import AtomicCheckpointIO
 from src.core.errors import ConfigError, TradelabError
 from src.core.files import atomic_write, json_safe
 from src.core.utils import build, command_line, count_parameters, git_revision, one_line_errors
-from src.data.portfolio import PortfolioMarket
-from src.data.universe import Universe
-from src.evaluation.portfolio import portfolio_section
-from src.evaluation.universe import universe_section
 from src.evaluation.verdict import verdict
 from src.reports.population import write_population_outputs
 from src.reports.run import write_run_outputs
 from src.training.callbacks import GracefulInterrupt, Interrupted
-from src.training.module import PPOModule
-from src.training.population import PopulationModule
-from src.training.portfolio import PortfolioModule
 from src.training.profit_target import ProfitTarget
-from src.training.universe import UniverseModule
 
 
 def _run_dir() -> Path:
@@ -194,9 +187,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("hydra", "resume")])
     resolved = OmegaConf.to_container(job_cfg, resolve=True)
     population = int(cfg.get("population", 1) or 1)
-    universe, portfolio = isinstance(data, Universe), isinstance(data, PortfolioMarket)
-    kind = UniverseModule if universe else PortfolioModule if portfolio else None
-    module = (kind or (PopulationModule if population > 1 else PPOModule))(resolved, data)
+    kind = kind_of(cfg.env)  # one asset, a universe or a portfolio: src/app/kinds.py
+    module = kind.module_class(population)(resolved, data)
     market = module.market  # a universe's tickers end to end
     info = {
         "command": command_line(),
@@ -267,13 +259,10 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
         trainer.save_checkpoint(best)
     trainer.test(module, ckpt_path=best, verbose=False)  # loaded by AtomicCheckpointIO: allow-listed, safe
     results = {"val": module.results["val"], "test": module.results["test"]}
-    if universe:  # every ticker's table and the pooled verdict
-        summary, sections["universe"] = universe_section(module.ticker_results["test"], market.bars_per_year)
-        info["universe"] = json_safe(summary)
-    if portfolio:  # the agent against 1/N, the baselines and every asset
-        test = module.results["test"]
-        summary, sections["portfolio"] = portfolio_section(test, module.asset_results["test"], market.bars_per_year)
-        info["portfolio"] = json_safe(summary)
+    part = kind.report(module, market.bars_per_year)  # a universe's tickers, a portfolio's baselines and assets
+    if part is not None:
+        summary, sections[kind.name] = part
+        info[kind.name] = json_safe(summary)
     if not zero:  # DDP: every rank evaluated the same weights; rank 0 writes the reports
         return float(results["val"]["agent"].metrics["sharpe"])
     info.update(
@@ -288,8 +277,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
         }
     )
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
-    bh = "equal-weight buy-and-hold" if portfolio else "buy-and-hold"
-    title = f"{market.name}: agent vs {bh} (selected on validation, test evaluated once)"
+    title = f"{market.name}: agent vs {kind.benchmark} (selected on validation, test evaluated once)"
     judged = verdict(results, market.bars_per_year, val_sharpes, bars_per_day=market.bars_per_day)
     table = write_run_outputs(run_dir, results, info["command"], info, title, judged, sections)
     publish(as_list(logger), run_dir)

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from src.core.errors import ConfigError
 from src.core.utils import build
 from src.envs.market_env import Obs
 from src.envs.population import PopulationEnv
@@ -32,55 +31,11 @@ from src.rl.population import MemberStreams, PopulationBatch, PopulationPPO, mem
 from src.training.module import PPOModule
 from src.training.step import first_nonfinite
 
-POPULATION_OPTIMIZERS = ("adamw", "sgd", "muon")
-
-
-def check_population(cfg) -> int:
-    """The population size; a configuration a population cannot train is refused, naming the key."""
-    k = int(cfg.get("population", 1) or 1)
-    if k < 1:
-        raise ConfigError(f"population must be >= 1, got {k}")
-    if k == 1:
-        return k
-    refuse = {
-        "algo": "ppo" if str(cfg["algo"]["_target_"]).endswith("PPOConfig") else "grpo",
-        "curiosity": cfg.get("curiosity"),
-        "replay": cfg.get("replay"),
-        "augmentation": cfg.get("augmentation"),
-        "curriculum": cfg.get("curriculum"),
-        "target": cfg.get("target"),
-    }
-    for key, v in refuse.items():
-        if (key == "algo" and v != "ppo") or (key != "algo" and v):
-            raise ConfigError(f"population={k} supports algo=ppo without add-ons for now; {key} is set ({key}=...)")
-    if int((cfg.get("ensemble") or {}).get("size", 1)) > 1:
-        raise ConfigError(f"population={k} with an ensemble is not supported (each member is one actor-critic)")
-    if cfg["algo"].get("target_kl") is not None:
-        raise ConfigError(f"population={k}: algo.target_kl stops every member's epochs together; set it to null")
-    if float((cfg.get("model") or {}).get("dropout", 0.0) or 0.0) > 0:
-        raise ConfigError(f"population={k}: model.dropout must be 0 (dropout masks would not come from each "
-                          "member's own random stream)")  # fmt: skip
-    if cfg.get("compile"):
-        raise ConfigError(f"population={k}: compile=true is not supported (the members already run batched)")
-    name = str(cfg["optimizer"]["_target_"]).rsplit(".", 1)[-1]
-    if name not in POPULATION_OPTIMIZERS:
-        raise ConfigError(f"population={k}: optimizer={name} is not supported; use one of {POPULATION_OPTIMIZERS}")
-    cbs = [c for c in (cfg.get("callbacks") or {}).values() if c is not None and hasattr(c, "get")]
-    if any(str(c.get("_target_", "")).endswith("CurveFitEarlyStopping") for c in cbs):
-        raise ConfigError(f"population={k}: curve-fit early stopping would stop every member together; "
-                          "use callbacks=default")  # fmt: skip
-    if cfg["trainer"].get("max_time"):
-        raise ConfigError(f"population={k}: trainer.max_time would stop every member together; use trainer.max_steps")
-    if str(cfg["trainer"].get("strategy", "auto")).startswith("ddp") or int(cfg["trainer"].get("devices", 1)) > 1:
-        raise ConfigError(f"population={k}: one process only (the members are the parallelism); use trainer=default")
-    return k
-
 
 class PopulationModule(PPOModule):
     """See the module docstring. ``cfg.population`` members, seeds ``cfg.seed`` + 0 .. K - 1."""
 
     def __init__(self, cfg: dict, market) -> None:
-        check_population(cfg)
         super().__init__(cfg, market)
         self.rule = PopulationPPO(self.ppo, self.model.size)
         self.chunk = int(self.cfg.get("population_chunk") or 0)  # members per forward/backward of an update

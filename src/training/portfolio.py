@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from src.core.errors import ConfigError
 from src.data.portfolio import PortfolioMarket
 from src.envs.portfolio_env import PortfolioEnv
 from src.evaluation.portfolio import evaluate_portfolio
@@ -14,31 +13,7 @@ from src.evaluation.walk import EvalResult
 from src.models.portfolio import PortfolioActorCritic
 from src.training.module import PPOModule
 
-REFUSED = {
-    "augmentation": "augmented paths are cut from one asset's bars",
-    "curriculum": "a curriculum orders one market's episodes",
-    "target": "the profitability target may switch augmentation on",
-    "curiosity": "RND's predictor reads one asset's window and weight",
-    "replay": "the replay buffers hold one asset's observations",
-}
 MODEL_KEYS = ("d_model", "n_heads", "n_layers", "d_ff", "dropout", "pool", "head_hidden", "cross_layers")
-
-
-def check_portfolio(cfg) -> None:
-    """What a portfolio cannot train with, refused in one line naming the key."""
-    for key, why in REFUSED.items():
-        if cfg.get(key):
-            raise ConfigError(f"env=portfolio: {key} is not supported ({why}); set {key}=none")
-    if int(cfg.get("population", 1) or 1) > 1:
-        raise ConfigError("env=portfolio: population > 1 is not supported yet; run the seeds as separate runs")
-    if cfg.get("ensemble") and int(cfg.ensemble.get("size", 1)) > 1:
-        raise ConfigError("env=portfolio: an ensemble is not supported (ensemble=single)")
-    if "grpo" in str(cfg.algo.get("_target_", "")).lower():
-        raise ConfigError("env=portfolio: algo=grpo is not supported (algo=ppo)")
-    if cfg.get("compile"):
-        raise ConfigError("env=portfolio: compile=true is not supported (the portfolio env runs eager)")
-    if "transformer" not in str(cfg.model.get("_target_", "")):
-        raise ConfigError("env=portfolio needs model=transformer (its encoder runs per asset, then across assets)")
 
 
 class PortfolioModule(PPOModule):
@@ -46,9 +21,6 @@ class PortfolioModule(PPOModule):
     ``self.asset_results[split]`` every asset held alone."""
 
     def __init__(self, cfg: dict, market: PortfolioMarket) -> None:  # named as PPOModule's: not a hyper-parameter
-        from omegaconf import OmegaConf
-
-        check_portfolio(OmegaConf.create(cfg))
         super().__init__(cfg, market)
         self.asset_results: dict[str, dict[str, EvalResult]] = {}
 

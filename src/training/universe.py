@@ -5,27 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from src.core.errors import ConfigError
 from src.data.universe import Universe
 from src.envs.universe_env import UniverseEnv, concatenated
 from src.evaluation.universe import pooled_results
 from src.evaluation.walk import EvalResult, evaluate_split
 from src.training.module import PPOModule
-
-REFUSED = {
-    "augmentation": "augmented paths are cut from one market's training bars",
-    "curriculum": "a curriculum orders one market's episodes and scales one cost",
-    "target": "the profitability target may switch augmentation on",
-}
-
-
-def check_universe(cfg) -> None:
-    """What a universe cannot train with yet, refused in one line naming the key."""
-    for key, why in REFUSED.items():
-        if cfg.get(key):
-            raise ConfigError(f"env=universe: {key} is not supported ({why}); set {key}=none")
-    if int(cfg.get("population", 1) or 1) > 1:
-        raise ConfigError("env=universe: population > 1 is not supported yet; run the seeds as separate runs")
 
 
 class UniverseModule(PPOModule):
@@ -36,7 +20,6 @@ class UniverseModule(PPOModule):
     """
 
     def __init__(self, cfg: dict, market: Universe) -> None:  # named as PPOModule's: not a hyper-parameter
-        check_universe(cfg)
         super().__init__(cfg, concatenated(market))
         self.universe = market
         self.ticker_results: dict[str, dict[str, dict[str, EvalResult]]] = {}
