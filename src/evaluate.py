@@ -15,53 +15,15 @@ from pathlib import Path
 import hydra
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from src.core.checkpoint import load_checkpoint
+from src.app.restore import load_agent
 from src.core.errors import ConfigError
-from src.core.utils import build, command_line, git_revision, one_line_errors
+from src.core.utils import command_line, git_revision, one_line_errors
 from src.data.market import SPLITS
 from src.evaluation.verdict import verdict
 from src.evaluation.walk import evaluate_split
 from src.reports.run import write_run_outputs
-from src.training.module import PPOModule
-from src.training.state import refuse_changed_data
-
-
-def load_agent(ckpt_path: str, env_cfg: DictConfig | None = None) -> PPOModule:
-    """Load a checkpoint with its market (the checkpoint's env, or ``env_cfg`` with the same window).
-
-    On the checkpoint's own env the data file must be the one it was trained on (its SHA-256): the
-    normalisation statistics and the splits come from that file, so a changed file is refused.
-    """
-    try:
-        ckpt = load_checkpoint(ckpt_path)  # weights_only with an allow-list: a tampered file is refused
-    except ConfigError as e:
-        raise ConfigError(f"ckpt_path: {e}") from None
-    try:
-        cfg = ckpt["hyper_parameters"]["cfg"]
-    except (KeyError, TypeError):
-        raise ConfigError(f"ckpt_path: {ckpt_path} is not a tradelab checkpoint (no hyper_parameters.cfg)") from None
-    train_cfg = OmegaConf.create(cfg)
-    if int(train_cfg.get("population", 1) or 1) > 1:
-        raise ConfigError(f"ckpt_path: {ckpt_path} holds a population of {train_cfg.population} members; its run "
-                          "directory's report.md and metrics.json have every member's test (src.evaluate reads "
-                          "single runs)")  # fmt: skip
-    if "paths" in train_cfg.env:  # one ticker rebuilt alone would get its own split: bars the universe trained on
-        kind = "portfolio" if "mode" in train_cfg.env else "universe"
-        raise ConfigError(f"ckpt_path: {ckpt_path} was trained on a {kind}; re-evaluating it is not supported yet "
-                          f"(its run's report.md has the {kind}'s single test)")  # fmt: skip
-    # another env keeps the model's window and position limits (the policy's support): it was built for them
-    keep = {"window": train_cfg.env.window, "position_limits": train_cfg.env.position_limits}
-    env = OmegaConf.merge(env_cfg, keep) if env_cfg else train_cfg.env
-    module = PPOModule(cfg, build(env))
-    trained_on = ckpt.get("tradelab", {}).get("market", {})  # the checkpoint's data: its hash and split dates
-    if not env_cfg:  # another env is other data on purpose
-        remedy = "its splits and normalisation came from the old file; name env=... to test it on other data"
-        refuse_changed_data(trained_on.get("sha256"), module.market, remedy, prefix="ckpt_path: ")
-    module.load_state_dict(ckpt["state_dict"])
-    module.trained_on = trained_on
-    return module.eval()
 
 
 def seen_in_training(trained_on: dict, market, split: str) -> bool:

@@ -47,7 +47,7 @@ def export(ckpt_path: str, fmt: str, out: Path | None = None) -> Path:
     """Write the policy file and its ``policy.json``; returns the policy file's path."""
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}, got {fmt!r}")
-    module, norm, cfg = load_policy(ckpt_path)
+    module, norm, cfg = load_policy(ckpt_path, "src.export")
     if not isinstance(module.model, ActorCritic) or module.model.goal_dim:
         raise ConfigError(f"ckpt_path: {ckpt_path} holds an ensemble, a population or a goal-conditioned agent; "
                           "src.export takes a single agent")  # fmt: skip

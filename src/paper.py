@@ -102,7 +102,7 @@ def step_account(cfg: DictConfig) -> int:
     if opening and (cfg.get("data") is None or cfg.get("from") is None):
         raise ConfigError("account: opening one needs ckpt_path=, data= and from=<the first decision bar's date>")
     ckpt = str(Path(cfg.ckpt_path if opening else acct["ckpt_path"]).resolve())
-    module, norm, train_cfg = load_policy(ckpt)
+    module, norm, train_cfg = load_policy(ckpt, "src.paper")
     if int(train_cfg.get("population", 1) or 1) > 1:
         raise ConfigError("account: a population is several agents; open one account per member's own run")
     data = str(resolve_path(cfg.data)) if opening else acct["data"]
@@ -195,7 +195,7 @@ def report(cfg: DictConfig) -> dict:
     led = ledgers(db)
     if len(led["agent"]) < 2:
         raise DataError(f"account: {cfg.account} has {len(led['agent'])} bars; nothing to report yet")
-    _, norm, _ = load_policy(acct["ckpt_path"])
+    _, norm, _ = load_policy(acct["ckpt_path"], "src.paper")
     bpy = float(norm["bars_per_year"])
     res = {"paper": {b: EvalResult("paper", df, ledger_metrics(df, bpy)) for b, df in led.items()}}
     judged = verdict(res, bpy, in_sample=False)

@@ -158,7 +158,7 @@ def test_in_sample_is_decided_by_the_bars_not_the_name():
 def test_evaluate_refuses_a_checkpoint_whose_data_changed(tiny_cfg, tmp_path):
     import torch
 
-    from src.evaluate import load_agent
+    from src.app.restore import load_agent
 
     train(tiny_cfg())
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"

@@ -8,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from src.app.restore import load_agent
 from src.core.errors import ConfigError
-from src.evaluate import load_agent
 from src.train import train
 from tests.conftest import TINY, compose_cfg
 from tests.helpers import write_ticker_csv
