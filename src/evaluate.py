@@ -17,6 +17,7 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from src.app.kinds import ASSET
 from src.app.restore import load_agent
 from src.core.errors import ConfigError
 from src.core.utils import command_line, git_revision, one_line_errors
@@ -56,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict:
     # in sample: bars the checkpoint was trained or selected on (the same file, overlapping dates), by any name
     in_sample = seen_in_training(getattr(module, "trained_on", {}), market, cfg.split)
     judged = verdict(results, market.bars_per_year, bars_per_day=market.bars_per_day, in_sample=in_sample)
-    table = write_run_outputs(run_dir, results, info["command"], info, title, judged)
+    table = write_run_outputs(run_dir, results, info["command"], info, title, judged, baselines=ASSET.baselines)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)
     return json.loads((run_dir / "metrics.json").read_text())
 

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from src.app.kinds import kind_of
+from src.app.kinds import refuse_population
 from src.core.errors import ConfigError
 from src.core.files import atomic_write
 from src.evaluation.oracle import oracle_results
@@ -112,9 +112,8 @@ def _compose(overrides: list[str]):
 def batched(market: str, overrides: list[str], population: int) -> bool:
     """Whether one ``population=K`` process can train this configuration; if not (an add-on, an ensemble,
     another algorithm: :data:`src.app.kinds.POPULATION`), the suite runs the K seeds one by one."""
-    cfg = _compose([f"env={market}", f"population={population}", *arm(overrides)])
     try:
-        kind_of(cfg.env).refuse(cfg)
+        refuse_population(_compose([f"env={market}", f"population={population}", *arm(overrides)]))
     except ConfigError:
         return False
     return True

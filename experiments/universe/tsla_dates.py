@@ -15,22 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
-from src.core.checkpoint import load_checkpoint
+from src.app.restore import read_checkpoint, restore
 from src.core.utils import build
 from src.evaluation.stats import sharpe_difference_test
 from src.evaluation.walk import evaluate_split, excess_series
-from src.training.universe import UniverseModule
 
 
 def universe_tsla(run: Path):
-    ckpt = load_checkpoint(json.loads((run / "run_info.json").read_text())["best_checkpoint"])
-    cfg = ckpt["hyper_parameters"]["cfg"]
-    universe = build(OmegaConf.create(cfg).env)
-    module = UniverseModule(cfg, universe)
-    module.load_state_dict(ckpt["state_dict"])
-    module.eval()
+    ckpt, cfg = read_checkpoint(json.loads((run / "run_info.json").read_text())["best_checkpoint"])
+    universe = build(cfg.env)
+    module = restore(ckpt, cfg, universe)
     tsla = next(m for m in universe.markets if m.name == "tsla")
     with torch.no_grad():
         return evaluate_split(tsla, "test", module.policy())["agent"]

@@ -103,7 +103,6 @@ def check_run(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
     number(cfg.get("population", 1), "population", integer=True, low=1)
     if cfg.get("population_chunk") is not None:
         number(cfg.population_chunk, "population_chunk", integer=True, low=1)
-    kind_of(cfg.get("env")).refuse(cfg)  # what this kind of run (and a population) cannot train
     number(cfg.get("lr_scale", 1.0), "lr_scale", **_POSITIVE)
     if cfg.get("threads") is not None:
         number(cfg.threads, "threads", integer=True, low=1)
@@ -124,6 +123,7 @@ def check_run(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
         number(s.warmup_steps, "scheduler.warmup_steps", integer=True, low=0)
     if "min_ratio" in s:
         number(s.min_ratio, "scheduler.min_ratio", low=0.0, high=1.0)
+    kind_of(cfg.get("env")).refuse(cfg)  # what this kind of run (and a population) cannot train
 
 
 def hydra_choices() -> dict[str, str]:

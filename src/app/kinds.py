@@ -6,7 +6,7 @@ and synthetic markets), a universe of them (``env=universe``) or a portfolio ove
 kind names its LightningModule, what it cannot train with (:class:`Refusal` rows, run by
 :func:`src.app.config_check.check_run` before anything is written), whether the deployed-agent commands can act
 on it, how many bars a walk-forward cuts its folds from, and its report section. A population (``population=K``)
-is a member axis of the one-asset kind, with refusals of its own (:data:`POPULATION`).
+is a member axis of the one-asset kind, with refusals of its own (:data:`POPULATION`), checked before the kind's.
 
 To add a kind: a builder in ``src/data/``, its env in ``src/envs/``, its LightningModule in ``src/training/``, and
 one :class:`Kind` row here.
@@ -66,21 +66,32 @@ class Kind:
     benchmark: str = "buy-and-hold"  # what its report's title compares the agent with
     section: Callable[[Any, float], tuple[dict, list[str]]] | None = None  # (module, bars a year) -> report part
     lengths: Callable[[Any], int] = field(default=lambda data: len(data.bars))  # bars a walk-forward cuts
+    population_module: str | None = None  # the LightningModule of K members at once, where the kind has one
+    baselines: str = "Buy-and-hold is 100% long the asset throughout, whatever the agent's position limits."
 
     def module_class(self, population: int = 1) -> type:
-        """The LightningModule that trains this kind (a population's for ``population > 1``)."""
-        return _locate(POPULATION_MODULE if population > 1 else self.module)
+        """The LightningModule that trains this kind (its population's for ``population > 1``, where it has one:
+        elsewhere the kind's own module, whose config the refusals stop)."""
+        return _locate(self.population_module if population > 1 and self.population_module else self.module)
 
     def refuse(self, cfg) -> None:
-        """Raise the first refusal that applies to ``cfg`` (the population's too when it has members)."""
-        rows = (*self.refusals, *(POPULATION if _population(cfg) > 1 else ()))
-        for row in rows:
-            if row.when(cfg):
-                raise ConfigError(row.message.format(k=_population(cfg), opt=_optimizer(cfg)))
+        """Raise the first refusal that applies to ``cfg``: a population's per-member ones first, then the kind's."""
+        _refuse((*(POPULATION if _population(cfg) > 1 else ()), *self.refusals), cfg)
 
     def report(self, module, bars_per_year: float) -> tuple[dict, list[str]] | None:
         """This kind's report section of a tested module (``None``: the plain run report says it all)."""
         return None if self.section is None else self.section(module, bars_per_year)
+
+
+def refuse_population(cfg) -> None:
+    """Raise the first of a population's refusals that applies to ``cfg`` (``population > 1``)."""
+    _refuse(POPULATION, cfg)
+
+
+def _refuse(rows: tuple[Refusal, ...], cfg) -> None:
+    for row in rows:
+        if row.when(cfg):
+            raise ConfigError(row.message.format(k=_population(cfg), opt=_optimizer(cfg)))
 
 
 def _locate(path: str):
@@ -88,7 +99,6 @@ def _locate(path: str):
     return getattr(import_module(module), name)
 
 
-POPULATION_MODULE = "src.training.population.PopulationModule"
 POPULATION_OPTIMIZERS = ("adamw", "sgd", "muon")
 _EVERY_MEMBER = "would stop every member together"
 POPULATION = (  # what a population cannot train per member
@@ -138,7 +148,13 @@ def _portfolio_section(module, bars_per_year: float) -> tuple[dict, list[str]]:
 
 
 _NO_POPULATION = "population > 1 is not supported yet; run the seeds as separate runs"
-ASSET = Kind("asset", "src.training.module.PPOModule", acts_live=True, evaluates=True)
+ASSET = Kind(
+    "asset",
+    "src.training.module.PPOModule",
+    acts_live=True,
+    evaluates=True,
+    population_module="src.training.population.PopulationModule",
+)
 UNIVERSE = Kind(
     "universe", "src.training.universe.UniverseModule",
     refusals=(
@@ -165,10 +181,18 @@ PORTFOLIO = Kind(
                 "env=portfolio needs model=transformer (its encoder runs per asset, then across assets)"),
     ),
     benchmark="equal-weight buy-and-hold", section=_portfolio_section, lengths=_dates,
+    baselines="Buy-and-hold is the equal-weight book of the assets, bought at the first open and left to drift; "
+              "1/N is rebalanced to equal weights monthly.",
 )  # fmt: skip
-KINDS = {"load_universe": UNIVERSE, "load_portfolio": PORTFOLIO}  # by the env builder's name; anything else: ASSET
+KINDS = {"load_universe": UNIVERSE, "load_portfolio": PORTFOLIO}  # by the env builder's name
 
 
 def kind_of(env) -> Kind:
-    """The kind of a run from its env config (a config node or a plain dict, as a checkpoint saves it)."""
-    return KINDS.get(str((env or {}).get("_target_", "")).rsplit(".", 1)[-1], ASSET)
+    """The kind of a run from its env config (a config node or a plain dict, as a checkpoint saves it): by its
+    builder's name; a builder of the user's own by the keys its config has (``paths``: several markets, and
+    ``mode`` as well: a portfolio), as the shipped configs of those kinds have them."""
+    env = env or {}
+    kind = KINDS.get(str(env.get("_target_", "")).rsplit(".", 1)[-1])
+    if kind is None and "paths" in env:
+        kind = PORTFOLIO if "mode" in env else UNIVERSE
+    return kind or ASSET

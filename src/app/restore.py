@@ -33,8 +33,9 @@ def read_checkpoint(ckpt_path: str) -> tuple[dict, DictConfig]:
 def restore(ckpt: dict, cfg: DictConfig, market):
     """The checkpoint's LightningModule on ``market`` (its kind's, :mod:`src.app.kinds`), weights loaded, in eval
     mode: the one place a trained agent is rebuilt."""
-    population = int(cfg.get("population", 1) or 1)
-    module = kind_of(cfg.env).module_class(population)(OmegaConf.to_container(cfg, resolve=True), market)
+    population, kind = int(cfg.get("population", 1) or 1), kind_of(cfg.env)
+    kind.refuse(cfg)  # what its kind cannot train, as when it was trained (a hand-edited checkpoint's config too)
+    module = kind.module_class(population)(OmegaConf.to_container(cfg, resolve=True), market)
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()
 

@@ -279,7 +279,9 @@ def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> float:
     atomic_write(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
     title = f"{market.name}: agent vs {kind.benchmark} (selected on validation, test evaluated once)"
     judged = verdict(results, market.bars_per_year, val_sharpes, bars_per_day=market.bars_per_day)
-    table = write_run_outputs(run_dir, results, info["command"], info, title, judged, sections)
+    table = write_run_outputs(
+        run_dir, results, info["command"], info, title, judged, sections, baselines=kind.baselines
+    )
     publish(as_list(logger), run_dir)
     print(f"\n{title}\n\n{table}\n\nrun directory: {run_dir}\n", flush=True)
     return float(results["val"]["agent"].metrics["sharpe"])

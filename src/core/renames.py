@@ -60,15 +60,19 @@ def renamed_targets(node: Any) -> Any:
     if isinstance(node, DictConfig | ListConfig):
         stale = [k for k, v in _targets(OmegaConf.to_container(node, resolve=False)) if renamed(v) != v]
         for path in stale:  # rare: only old runs' configs; written through the node so interpolations stay
-            parent = OmegaConf.select(node, ".".join(map(str, path[:-1]))) if path[:-1] else node
+            parent = _at(node, path[:-1])
             with read_write(parent), open_dict(parent):
                 parent["_target_"] = renamed(parent["_target_"])
         return node
     for path, value in _targets(node):
-        parent = node
-        for k in path[:-1]:
-            parent = parent[k]
-        parent["_target_"] = renamed(value)
+        _at(node, path[:-1])["_target_"] = renamed(value)
+    return node
+
+
+def _at(node: Any, path: tuple) -> Any:
+    """The container at ``path`` (keys and list indices) inside ``node``."""
+    for k in path:
+        node = node[k]
     return node
 
 

@@ -194,8 +194,12 @@ def write_run_outputs(
     title: str,
     verdict: dict | None = None,
     sections: dict[str, list[str]] | None = None,
+    *,
+    baselines: str,
 ) -> str:
     """Write every report file of a run and return the summary table (and verdict) for the console.
+
+    ``baselines`` says what the run's buy-and-hold is (its kind's, :data:`src.app.kinds.Kind.baselines`).
 
     ``sections`` maps a key of ``info`` to the markdown lines that report it (a callback's own section, e.g.
     the profitability target's adjustments); those keys are left out of the plain ``## Run`` list.
@@ -224,12 +228,7 @@ def write_run_outputs(
         table,
         "",
         "Costs are charged on every trade; buy-and-hold and flat run through the same env, costs, financing and "
-        + (
-            "dividends. Buy-and-hold is the equal-weight book of the assets, bought at the first open and left to "
-            "drift; 1/N is rebalanced to equal weights monthly."
-            if "tickers" in info.get("data", {}) and "mode" in info.get("data", {})
-            else "dividends. Buy-and-hold is 100% long the asset throughout, whatever the agent's position limits."
-        ),
+        + f"dividends. {baselines}",
         "",
         *assumption_lines(info.get("data", {})),
     ]
