@@ -216,11 +216,35 @@ def report(cfg: DictConfig) -> dict:
 
 @one_line_errors
 def run(cfg: DictConfig):
-    if cfg.get("command") == "report":
-        return report(cfg)
-    n = step_account(cfg)
+    path = Path(str(cfg.account))
+    existed = path.exists()
+    if not existed and (cfg.get("command") == "report" or cfg.get("ckpt_path") is None):
+        raise ConfigError(f"account: {path} does not exist; open one with ckpt_path=, data= and from=")
+    try:
+        if cfg.get("command") == "report":
+            return report(cfg)
+        n = step_account(cfg)
+    except BaseException:
+        if not existed:  # the refused opening of a new account: nothing of it stays
+            discard_unopened(path)
+        raise
     print(f"{cfg.account}: {n} new bar{'s' * (n != 1)}", flush=True)
     return n
+
+
+def discard_unopened(path: Path) -> None:
+    """Delete ``path`` (and SQLite's journal beside it) if it holds no opened account."""
+    if path.is_file():
+        db = sqlite3.connect(path)
+        try:
+            opened = db.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchone() is not None and (
+                db.execute("SELECT COUNT(*) FROM meta").fetchone()[0] > 0
+            )
+        finally:
+            db.close()
+        if not opened:
+            for p in (path, path.with_name(path.name + "-journal")):
+                p.unlink(missing_ok=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="paper")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import hydra
 import numpy as np
@@ -27,21 +26,38 @@ import torch
 from omegaconf import DictConfig
 
 from src.app.restore import load_policy
+from src.core.checks import duration, existing_file, timestamp
+from src.core.errors import ConfigError
 from src.core.utils import one_line_errors
 from src.data.loader import load_ohlcv
 from src.envs.market_env import Obs
-from src.live.bars import check_bars, drifted_weight, observation
+from src.live.bars import POSITION_FORMAT, check_bars, drifted_weight, observation
+
+
+def check_args(cfg: DictConfig) -> tuple[pd.Timestamp, dict | None]:
+    """Every argument refused in one line before anything is loaded: the files exist and are readable, ``now`` is
+    a timestamp, ``max_stale`` a duration, the position file a JSON object; returns ``now`` and the position."""
+    existing_file(cfg.ckpt_path, "ckpt_path")
+    existing_file(cfg.data, "data")
+    now = pd.Timestamp.now(tz="UTC") if cfg.get("now") is None else timestamp(cfg.now, "now")
+    duration(cfg.get("max_stale"), "max_stale")
+    if cfg.get("position") is None:
+        return now, None
+    path = existing_file(cfg.position, "position")
+    try:
+        position = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"position: {path} is not JSON ({e}); expected {POSITION_FORMAT}") from None
+    return now, position
 
 
 @torch.no_grad()
 def predict(cfg: DictConfig) -> dict:
+    now, position = check_args(cfg)
     module, norm, train_cfg = load_policy(cfg.ckpt_path)
     bars = load_ohlcv(cfg.data, max_gap=train_cfg.env.get("max_gap"))
-    now = pd.Timestamp.now(tz="UTC") if cfg.get("now") is None else pd.Timestamp(cfg.now)
-    now = now.tz_localize("UTC") if now.tzinfo is None else now
     end = check_bars(bars, cfg.data, norm, now, cfg.get("max_stale"), bool(cfg.get("allow_other_ticker")))
-    current = 0.0 if cfg.get("position") is None else drifted_weight(json.loads(Path(cfg.position).read_text()),
-                                                                      bars, cfg.data)  # fmt: skip
+    current = 0.0 if position is None else drifted_weight(position, bars, cfg.data)
     market = observation(bars, norm, cfg.data)
     k = len(getattr(module.model, "members", [])) if hasattr(module.model, "members") else 0
     size = int(getattr(module.model, "size", 1))  # a population's members each act on their own row

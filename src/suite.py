@@ -96,8 +96,9 @@ def _finished(market: str, overrides: list[str], population: int, run_dir: Path)
 
 
 def train_market(market: str, overrides: list[str], population: int, run_dir: Path, parallel: int) -> dict:
-    """One population's metrics on one market: batched in one process where it can be, else K separate runs."""
-    if population == 1 or batched(market, overrides, population):
+    """One population's metrics on one market: batched in one process where it can be, else K separate runs (one
+    member is one separate run)."""
+    if population > 1 and batched(market, overrides, population):
         return run_market(market, overrides, population, run_dir)
     return run_seeds(market, overrides, population, run_dir, parallel)
 
@@ -206,6 +207,21 @@ def row(market: str, metrics: dict, oracle: float, baseline: dict | None) -> dic
     return out
 
 
+def check_args(markets: list[str], args) -> None:
+    """Every market an env option, at least one of them, at least one member: refused before anything trains."""
+    conf = Path(__file__).resolve().parents[1] / "conf" / "env"
+    options = sorted(p.stem for p in conf.glob("*.yaml") if p.stem != "base")
+    if not markets:
+        raise SystemExit("suite: --markets names no market; give env options separated by commas")
+    for m in markets:
+        if not (conf / f"{m}.yaml").is_file():
+            raise SystemExit(f"suite: --markets: {m!r} is not an env option (conf/env/{m}.yaml); one of {options}")
+    if args.population < 1:
+        raise SystemExit(f"suite: --population must be >= 1, got {args.population}")
+    if args.parallel is not None and args.parallel < 1:
+        raise SystemExit(f"suite: --parallel must be >= 1, got {args.parallel}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--markets", default=",".join(MARKETS), help=f"comma-separated env options (default {MARKETS})")
@@ -224,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*", help="overrides of both configurations (budget, env keys, seed, trainer)")
     args = ap.parse_args(argv)
     markets = [m for m in args.markets.split(",") if m] + (list(TICKERS) if args.tickers else [])
+    check_args(markets, args)  # before anything trains or is written
     for name, given in (("--candidate", args.candidate), ("--baseline", args.baseline or "")):
         own_env = [o for o in shlex.split(given) if o.lstrip("+~").startswith("env.")]
         if own_env:

@@ -96,7 +96,10 @@ def train(cfg: DictConfig) -> float:
         raise ConfigError(f"{run_dir} already holds a finished run (metrics.json); refusing to overwrite it")
     try:
         check_run(cfg, {} if resume else hydra_choices())  # bad values stop here, before anything is written
-        return _train(cfg, run_dir, resume)
+        result = _train(cfg, run_dir, resume)
+        if _rank_zero():
+            (run_dir / "FAILED").unlink(missing_ok=True)  # an earlier attempt's failure, resumed to the end
+        return result
     except Exception as e:  # a bad value, bad data, or anything unforeseen: never leave a half-written run
         if not _rank_zero() or (run_dir / "metrics.json").exists():
             raise

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
+
+import pandas as pd
 
 from src.core.errors import ConfigError
 
@@ -24,3 +28,39 @@ def number(value, key: str, *, integer: bool = False, low: float | None = None, 
         hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
         raise ConfigError(f"{key} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
     return int(value) if integer else float(value)
+
+
+def existing_file(value, key: str) -> Path:
+    """``value`` as the path of a readable file, or a :class:`ConfigError` naming ``key``."""
+    path = Path(str(value))
+    if not path.exists():
+        raise ConfigError(f"{key}: {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{key}: {path} is not readable (permissions)")
+    return path
+
+
+def timestamp(value, key: str) -> pd.Timestamp:
+    """``value`` as a UTC timestamp (a naive one is taken as UTC), or a :class:`ConfigError` naming ``key``."""
+    try:
+        ts = pd.Timestamp(str(value))
+    except (ValueError, TypeError):
+        ts = pd.NaT
+    if pd.isna(ts):
+        raise ConfigError(f"{key} must be a date or timestamp (e.g. 2026-08-07 or 2026-08-07T21:00Z), got {value!r}")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def duration(value, key: str) -> pd.Timedelta | None:
+    """``value`` as a positive duration (``4D``, ``12h``), ``None`` for null, or a :class:`ConfigError`."""
+    if value is None:
+        return None
+    try:
+        d = pd.Timedelta(str(value))
+    except (ValueError, TypeError):
+        d = pd.NaT
+    if pd.isna(d) or d < pd.Timedelta(0):
+        raise ConfigError(f"{key} must be a duration such as 4D or 12h (or null for any age), got {value!r}")
+    return d

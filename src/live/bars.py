@@ -7,6 +7,8 @@ training statistics.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import torch
@@ -16,6 +18,7 @@ from src.data.features import compute_features
 from src.data.market import NORM_CLIP, infer_calendar, local_time
 from src.data.universe import ticker_name
 
+POSITION_FORMAT = '{"weight": <a finite number>, "as_of": "<date of a bar>"}'
 MIN_HISTORY = 200  # rows: past ~100 the features' EMA seeds are below 0.001 training std (measured), past 200 nil
 
 
@@ -71,7 +74,9 @@ def drifted_weight(position: dict, bars: pd.DataFrame, path: str) -> float:
     try:
         w, as_of = float(position["weight"]), pd.Timestamp(position["as_of"])
     except (KeyError, TypeError, ValueError):
-        raise ConfigError('position: expected {"weight": <float>, "as_of": "<date of a bar>"}') from None
+        raise ConfigError(f"position: expected {POSITION_FORMAT}") from None
+    if not math.isfinite(w) or pd.isna(as_of):
+        raise ConfigError(f"position: the weight must be a finite number and as_of a date, got {position!r}")
     close = bars["close"].to_numpy()
     g = close[-1] / close[bar_at(bars, as_of, path, "position as_of")]  # the asset's growth since; cash stays
     return float(w * g / (1 + w * (g - 1)))

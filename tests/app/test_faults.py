@@ -53,6 +53,18 @@ def test_consecutive_faults_stop_the_run_with_a_clear_message(tmp_path, monkeypa
         assert all(torch.isfinite(v).all() for v in load_checkpoint(ckpt)["state_dict"].values())
 
 
+def test_a_resumed_run_that_finishes_clears_its_failure_marker(tmp_path, monkeypatch, capsys):
+    """The FAILED marker of a run stopped by faults goes once the same run is resumed to its end."""
+    _poison(monkeypatch, set(range(3, 100)))
+    with pytest.raises(SystemExit):
+        run_tiny(tmp_path, "run", "faults.max_consecutive=2")
+    run = tmp_path / "run"
+    assert (run / "FAILED").exists() and (run / "checkpoints" / "last.ckpt").exists()
+    monkeypatch.undo()
+    run_tiny(tmp_path, "run", resume=run)
+    assert (run / "metrics.json").exists() and not (run / "FAILED").exists()
+
+
 def test_a_nan_gradient_is_skipped(tmp_path, monkeypatch, capsys):
     import src.rl.ppo
 

@@ -1,0 +1,120 @@
+"""Bad input to the commands, probed as a user would give it: each is refused in one line with a non-zero exit,
+before anything is loaded or written, and leaves the file system as it was (issue 34, first cases; the table grows
+with each command's validation layer)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from src.paper import run as paper
+from src.predict import run as predict
+from src.suite import main as suite
+from tests.conftest import TINY
+
+
+def _tree(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")}
+
+
+def _refused(capsys, call) -> str:
+    """The one line a refused command prints; the exit status is non-zero."""
+    with pytest.raises(SystemExit) as e:
+        call()
+    code, err = e.value.code, capsys.readouterr().err.strip()
+    message = err or str(code)  # argparse-style commands exit with their message
+    assert code not in (0, None) and len(message.splitlines()) == 1 and "Traceback" not in message, message
+    return message
+
+
+def _predict_cfg(ckpt, data, **kw):
+    base = {"ckpt_path": ckpt, "data": data, "position": None, "now": None, "max_stale": None,
+            "allow_other_ticker": False, "json": False}  # fmt: skip
+    return OmegaConf.create({**base, **kw})
+
+
+PREDICT = [  # (what is given, what the line must say)
+    ({"ckpt_path": "{tmp}/nosuch.ckpt"}, "ckpt_path: {tmp}/nosuch.ckpt does not exist"),
+    ({"ckpt_path": "{tmp}"}, "ckpt_path: {tmp} is not a file"),
+    ({"data": "{tmp}/nosuch.csv"}, "data: {tmp}/nosuch.csv does not exist"),
+    ({"now": "garbage"}, "now must be a date or timestamp"),
+    ({"max_stale": "abc"}, "max_stale must be a duration such as 4D or 12h"),
+    ({"max_stale": "-4D"}, "max_stale must be a duration such as 4D or 12h"),
+    ({"position": "{tmp}/nosuch.json"}, "position: {tmp}/nosuch.json does not exist"),
+    ({"position": "{tmp}/garbage.json"}, "is not JSON"),
+    ({"position": "{tmp}/nan.json"}, "position: the weight must be a finite number"),
+    ({"position": "{tmp}/words.json"}, 'position: expected {{"weight": <a finite number>'),
+    ({"position": "{tmp}/no_as_of.json"}, 'position: expected {{"weight": <a finite number>'),
+]
+
+
+@pytest.mark.parametrize(("given", "says"), PREDICT)
+def test_predict_refuses(trained_agent, tmp_path, capsys, given, says):
+    _, csv, bars, ckpt, _ = trained_agent
+    (tmp_path / "garbage.json").write_text("{weight: ")
+    (tmp_path / "nan.json").write_text(json.dumps({"weight": float("nan"), "as_of": str(bars.index[-1].date())}))
+    (tmp_path / "words.json").write_text(json.dumps({"weight": "half", "as_of": str(bars.index[-1].date())}))
+    (tmp_path / "no_as_of.json").write_text(json.dumps({"weight": 0.5}))
+    args = {k: v.format(tmp=tmp_path) for k, v in given.items()}
+    before = _tree(tmp_path)
+    cfg = _predict_cfg(ckpt, csv, now="2100-01-01")
+    cfg.merge_with(args)
+    line = _refused(capsys, lambda: predict(cfg))
+    assert says.format(tmp=tmp_path) in line
+    assert _tree(tmp_path) == before
+
+
+def _paper_cfg(account, **kw):
+    base = {"account": str(account), "ckpt_path": None, "data": None, "from": None, "now": "2100-01-01",
+            "max_stale": None, "command": "step", "allow_other_ticker": False}  # fmt: skip
+    return OmegaConf.create({**base, **kw})
+
+
+PAPER = [
+    ({"command": "report"}, "account: {tmp}/acct.db does not exist; open one with ckpt_path=, data= and from="),
+    ({}, "account: {tmp}/acct.db does not exist; open one with ckpt_path=, data= and from="),
+    ({"ckpt_path": "{ckpt}", "data": "{csv}"}, "opening one needs ckpt_path=, data= and from="),
+    ({"ckpt_path": "{tmp}/nosuch.ckpt", "data": "{csv}", "from": "2020-01-01"}, "ckpt_path:"),
+    ({"ckpt_path": "{ckpt}", "data": "{csv}", "from": "1900-01-01"}, "from 1900-01-01 is not a bar of the file"),
+]
+
+
+@pytest.mark.parametrize(("given", "says"), PAPER)
+def test_paper_refuses_and_leaves_no_account_behind(trained_agent, tmp_path, capsys, given, says):
+    _, csv, _, ckpt, _ = trained_agent
+    fill = {"tmp": tmp_path, "ckpt": ckpt, "csv": csv}
+    args = {k: v.format(**fill) for k, v in given.items()}
+    before = _tree(tmp_path)
+    line = _refused(capsys, lambda: paper(_paper_cfg(tmp_path / "acct.db", **args)))
+    assert says.format(**fill) in line
+    assert _tree(tmp_path) == before  # no empty account file, no journal
+
+
+SUITE = [
+    (["--markets", "momentum,nosuch"], "suite: --markets: 'nosuch' is not an env option (conf/env/nosuch.yaml)"),
+    (["--markets", "nosuch"], "suite: --markets: 'nosuch' is not an env option"),
+    (["--markets", ","], "suite: --markets names no market"),
+    (["--markets", "momentum", "--population", "0"], "suite: --population must be >= 1, got 0"),
+    (["--markets", "momentum", "--parallel", "0"], "suite: --parallel must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("argv", "says"), SUITE)
+def test_suite_refuses_before_anything_trains(tmp_path, capsys, argv, says):
+    out = tmp_path / "suite"
+    line = _refused(capsys, lambda: suite([*argv, "--out", str(out)]))
+    assert says in line
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_a_suite_of_one_member_is_one_separate_run(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("env=")]
+    out = tmp_path / "suite"
+    suite(["--markets", "momentum", "--population", "1", "--out", str(out), *tiny])
+    (row,) = json.loads((out / "suite.json").read_text())
+    assert row["market"] == "momentum" and row["members"] == 1
+    assert (out / "candidate" / "momentum" / "seed_0" / "metrics.json").exists()
