@@ -19,7 +19,9 @@ from omegaconf import DictConfig
 
 from src.app.kinds import ASSET
 from src.app.restore import load_agent
-from src.core.errors import ConfigError
+from src.app.run import remove_partial_run
+from src.core.checks import existing_file, mandatory
+from src.core.errors import ConfigError, TradelabError
 from src.core.utils import command_line, git_revision, one_line_errors
 from src.data.market import SPLITS
 from src.evaluation.verdict import verdict
@@ -40,13 +42,25 @@ def seen_in_training(trained_on: dict, market, split: str) -> bool:
 
 @one_line_errors
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns the metrics payload."""
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns the metrics payload. A refusal leaves nothing of the
+    output directory Hydra made for it (its ``.hydra/`` and ``evaluate.log``)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return _evaluate(cfg, run_dir)
+    except TradelabError:
+        if not (run_dir / "metrics.json").exists():
+            remove_partial_run(run_dir, (".hydra", "evaluate.log"))
+        raise
+
+
+def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
+    mandatory(cfg)
     if cfg.split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got {cfg.split!r}")
+    existing_file(cfg.ckpt_path, "ckpt_path")
     module = load_agent(cfg.ckpt_path, cfg.get("env"))
     market = module.market
     results = {cfg.split: evaluate_split(market, cfg.split, module.policy())}
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     info = {
         "command": command_line(),
         "checkpoint": str(cfg.ckpt_path),

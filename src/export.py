@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from src.app.restore import load_policy
+from src.core.checks import existing_file, mandatory
 from src.core.errors import ConfigError
 from src.core.files import atomic_write
 from src.core.utils import one_line_errors
@@ -90,6 +91,8 @@ def export(ckpt_path: str, fmt: str, out: Path | None = None) -> Path:
 
 @one_line_errors
 def run(cfg: DictConfig) -> Path:
+    mandatory(cfg)
+    existing_file(cfg.ckpt_path, "ckpt_path")
     path = export(cfg.ckpt_path, cfg.format, cfg.get("out"))
     print(f"wrote {path} and {path.parent / 'policy.json'}", flush=True)
     return path

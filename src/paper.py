@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig
 
 from src.app.restore import load_policy
+from src.core.checks import mandatory
 from src.core.errors import ConfigError, DataError
 from src.core.utils import one_line_errors
 from src.data.loader import file_sha256, load_ohlcv, resolve_path
@@ -216,6 +217,7 @@ def report(cfg: DictConfig) -> dict:
 
 @one_line_errors
 def run(cfg: DictConfig):
+    mandatory(cfg)
     path = Path(str(cfg.account))
     existed = path.exists()
     if not existed and (cfg.get("command") == "report" or cfg.get("ckpt_path") is None):

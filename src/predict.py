@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from src.app.restore import load_policy
-from src.core.checks import duration, existing_file, timestamp
+from src.core.checks import duration, existing_file, mandatory, timestamp
 from src.core.errors import ConfigError
 from src.core.utils import one_line_errors
 from src.data.loader import load_ohlcv
@@ -37,6 +37,7 @@ from src.live.bars import POSITION_FORMAT, check_bars, drifted_weight, observati
 def check_args(cfg: DictConfig) -> tuple[pd.Timestamp, dict | None]:
     """Every argument refused in one line before anything is loaded: the files exist and are readable, ``now`` is
     a timestamp, ``max_stale`` a duration, the position file a JSON object; returns ``now`` and the position."""
+    mandatory(cfg)
     existing_file(cfg.ckpt_path, "ckpt_path")
     existing_file(cfg.data, "data")
     now = pd.Timestamp.now(tz="UTC") if cfg.get("now") is None else timestamp(cfg.now, "now")

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from src.app.kinds import kind_of
-from src.core.checks import number
+from src.core.checks import mandatory, number
 from src.core.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -97,6 +97,7 @@ def check_optimizer(node: DictConfig) -> None:
 
 def check_run(cfg: DictConfig, choices: dict[str, str] | None = None) -> None:
     """Everything a library would otherwise reject later (or accept and misuse): see the module docstring."""
+    mandatory(cfg)
     if choices:
         check_types(cfg, choices)
     number(cfg.get("seed", 0), "seed", integer=True, low=0)

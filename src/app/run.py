@@ -115,10 +115,10 @@ RUN_PRODUCTS = (".hydra", "config.yaml", "run_info.json", "tb", "csv", "wandb", 
                 "train.log")  # fmt: skip
 
 
-def remove_partial_run(run_dir: Path) -> None:
-    """Delete what a run that failed before its first checkpoint wrote, and the directory if that empties it
-    (a directory the user named, ``hydra.run.dir=...``, keeps anything else it holds)."""
-    for name in RUN_PRODUCTS:
+def remove_partial_run(run_dir: Path, products: tuple[str, ...] = RUN_PRODUCTS) -> None:
+    """Delete what a run that failed before its first checkpoint wrote (``products``), and the directory if that
+    empties it (a directory the user named, ``hydra.run.dir=...``, keeps anything else it holds)."""
+    for name in products:
         p = run_dir / name
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

@@ -30,6 +30,18 @@ def number(value, key: str, *, integer: bool = False, low: float | None = None, 
     return int(value) if integer else float(value)
 
 
+def mandatory(cfg) -> None:
+    """A :class:`ConfigError` naming the first key of ``cfg`` that is mandatory (``???``) and was not given."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_dict(cfg):
+        return
+    own = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # Hydra's node is Hydra's to check
+    missing = sorted(OmegaConf.missing_keys(own))
+    if missing:
+        raise ConfigError(f"{missing[0]} is mandatory here and has no value (???); give {missing[0]}=...")
+
+
 def existing_file(value, key: str) -> Path:
     """``value`` as the path of a readable file, or a :class:`ConfigError` naming ``key``."""
     path = Path(str(value))

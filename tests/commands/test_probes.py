@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
+from src.evaluate import evaluate
+from src.export import run as export
 from src.paper import run as paper
 from src.predict import run as predict
 from src.suite import main as suite
-from tests.conftest import TINY
+from src.train import train
+from tests.conftest import ROOT, TINY, compose_cfg
 
 
 def _tree(root: Path) -> dict[str, float]:
@@ -118,3 +123,31 @@ def test_a_suite_of_one_member_is_one_separate_run(tmp_path):
     (row,) = json.loads((out / "suite.json").read_text())
     assert row["market"] == "momentum" and row["members"] == 1
     assert (out / "candidate" / "momentum" / "seed_0" / "metrics.json").exists()
+
+
+MANDATORY = [("predict", predict, "ckpt_path"), ("paper", paper, "account"), ("export", export, "ckpt_path"),
+             ("evaluate", evaluate, "ckpt_path")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "command", "key"), MANDATORY, ids=[m[0] for m in MANDATORY])
+def test_a_mandatory_argument_left_out_is_named(tmp_path, capsys, name, command, key):
+    cfg = compose_cfg([], tmp_path / "out", config_name=name)
+    before = _tree(tmp_path)
+    line = _refused(capsys, lambda: command(cfg))
+    assert line == f"error: {key} is mandatory here and has no value (???); give {key}=..."
+    assert _tree(tmp_path) == before
+
+
+def test_train_names_a_mandatory_env_key(tmp_path, capsys):
+    tiny = [o for o in TINY if not o.startswith("env")]
+    line = _refused(capsys, lambda: train(compose_cfg([*tiny, "env=csv"], tmp_path / "run")))
+    assert line == "error: env.path is mandatory here and has no value (???); give env.path=..."
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_evaluation_leaves_no_output_directory(tmp_path):
+    out = tmp_path / "eval"
+    res = subprocess.run([sys.executable, "-m", "src.evaluate", f"ckpt_path={tmp_path}/nosuch.ckpt",
+                          f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.strip() == f"error: ckpt_path: {tmp_path}/nosuch.ckpt does not exist"
+    assert not out.exists()  # Hydra made it with .hydra/ and evaluate.log; the refusal removed them
