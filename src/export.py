@@ -6,7 +6,9 @@ The policy is the deterministic one that evaluation uses: inputs ``market`` (B, 
 feature rows normalised with the training statistics in ``policy.json``, and ``position`` (B, 1), the current
 weight; output (B,) the target weight. ``policy.json`` has what a caller needs to build the inputs: the feature
 names (computed as :func:`src.data.features.compute_features` does), their training mean and std, the clip, the
-window, the bar size, the position limits, the no-trade band and the data file's SHA-256.
+window, the bar size, the position limits, the no-trade band and the data file's SHA-256. One folder holds one
+checkpoint's exports: ``policies`` in ``policy.json`` lists each format written there (``policy``/``format``: the
+last one), and a folder holding another checkpoint's export is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from src.core.checks import existing_file, mandatory
 from src.core.errors import ConfigError
 from src.core.files import atomic_write
 from src.core.utils import one_line_errors
+from src.data.loader import file_sha256
 from src.data.market import NORM_CLIP
 from src.models.actor_critic import ActorCritic
 
@@ -44,15 +47,43 @@ class DeterministicPolicy(nn.Module):
         return self.width * ab[:, 0] / (ab[:, 0] + ab[:, 1]) + self.low
 
 
+def check_out(out: Path, ckpt_sha256: str) -> dict:
+    """Refuse an ``out`` that is a file, or a folder holding another checkpoint's export; returns the folder's
+    ``policy.json`` so far (empty for a new folder)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} is a file; give a folder for the policy file and its policy.json")
+    spec = out / "policy.json"
+    if not spec.is_file():
+        return {}
+    try:
+        old = json.loads(spec.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"out: {spec} is not a policy.json this command wrote; choose another out=") from None
+    if old.get("checkpoint_sha256") != ckpt_sha256:
+        raise ConfigError(f"out: {out} holds the export of another checkpoint ({old.get('checkpoint')}); "
+                          "choose another out=")  # fmt: skip
+    return old
+
+
 def export(ckpt_path: str, fmt: str, out: Path | None = None) -> Path:
-    """Write the policy file and its ``policy.json``; returns the policy file's path."""
+    """Write the policy file and the folder's ``policy.json``, which lists every format exported there from this
+    checkpoint; returns the policy file's path."""
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}, got {fmt!r}")
+    out = Path(out) if out else Path(ckpt_path).resolve().parent.parent / "export"
+    ckpt_sha256 = file_sha256(existing_file(ckpt_path, "ckpt_path"))
+    before = check_out(out, ckpt_sha256)  # before the checkpoint is loaded or anything is written
     module, norm, cfg = load_policy(ckpt_path, "src.export")
     if not isinstance(module.model, ActorCritic) or module.model.goal_dim:
         raise ConfigError(f"ckpt_path: {ckpt_path} holds an ensemble, a population or a goal-conditioned agent; "
                           "src.export takes a single agent")  # fmt: skip
-    out = Path(out) if out else Path(ckpt_path).resolve().parent.parent / "export"
+    try:
+        return _write(out, fmt, module, norm, cfg, ckpt_path, ckpt_sha256, before)
+    except OSError as e:  # a full disk, a read-only mount: the file system's word, in one line
+        raise ConfigError(f"out: cannot write into {out} ({e.strerror or e})") from None
+
+
+def _write(out: Path, fmt: str, module, norm: dict, cfg, ckpt_path: str, ckpt_sha256: str, before: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     policy = DeterministicPolicy(module.model).eval()
     w, f = int(norm["window"]), len(norm["mean"])
@@ -78,7 +109,8 @@ def export(ckpt_path: str, fmt: str, out: Path | None = None) -> Path:
                           external_data=False, verbose=False)  # fmt: skip
         tmp.replace(path)
     spec = {
-        "policy": path.name, "format": fmt, "checkpoint": str(ckpt_path),
+        "policies": {**before.get("policies", {}), fmt: path.name},  # every file of this folder
+        "policy": path.name, "format": fmt, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_sha256,
         "inputs": {"market": [None, w, f], "position": [None, 1]}, "output": "target weight (B,)",
         "features": norm["features"], "mean": norm["mean"], "std": norm["std"], "clip": NORM_CLIP,
         "window": w, "bars_per_year": norm["bars_per_year"], "source": norm.get("source"),
@@ -92,7 +124,6 @@ def export(ckpt_path: str, fmt: str, out: Path | None = None) -> Path:
 @one_line_errors
 def run(cfg: DictConfig) -> Path:
     mandatory(cfg)
-    existing_file(cfg.ckpt_path, "ckpt_path")
     path = export(cfg.ckpt_path, cfg.format, cfg.get("out"))
     print(f"wrote {path} and {path.parent / 'policy.json'}", flush=True)
     return path

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from src.evaluate import evaluate
@@ -151,3 +152,30 @@ def test_a_refused_evaluation_leaves_no_output_directory(tmp_path):
                           f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 2 and res.stderr.strip() == f"error: ckpt_path: {tmp_path}/nosuch.ckpt does not exist"
     assert not out.exists()  # Hydra made it with .hydra/ and evaluate.log; the refusal removed them
+
+
+def test_export_refuses_a_file_or_another_checkpoints_folder_and_lists_every_format(trained_agent, tmp_path, capsys):
+    _, _, _, ckpt, _ = trained_agent
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    before = _tree(tmp_path)
+    cfg = OmegaConf.create({"ckpt_path": ckpt, "format": "torchscript", "out": str(taken)})
+    assert _refused(capsys, lambda: export(cfg)) == f"error: out: {taken} is a file; give a folder for the policy " \
+        "file and its policy.json"  # fmt: skip
+    assert _tree(tmp_path) == before
+    out = tmp_path / "export"
+    for fmt in ("torchscript", "onnx"):  # two formats into one folder: policy.json describes both
+        export(OmegaConf.create({"ckpt_path": ckpt, "format": fmt, "out": str(out)}))
+    capsys.readouterr()
+    spec = json.loads((out / "policy.json").read_text())
+    assert spec["policies"] == {"torchscript": "policy.pt", "onnx": "policy.onnx"}
+    assert all((out / name).is_file() for name in spec["policies"].values())
+    saved = torch.load(ckpt, weights_only=False)
+    for v in saved["state_dict"].values():
+        v.add_(0.01)  # another checkpoint: other weights
+    other = str(tmp_path / "other.ckpt")
+    torch.save(saved, other)
+    before = _tree(tmp_path)
+    line = _refused(capsys, lambda: export(OmegaConf.create({"ckpt_path": other, "format": "onnx", "out": str(out)})))
+    assert line.startswith(f"error: out: {out} holds the export of another checkpoint")
+    assert _tree(tmp_path) == before
