@@ -59,6 +59,9 @@ def check_out(out: Path, ckpt_sha256: str) -> dict:
         old = json.loads(spec.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"out: {spec} is not a policy.json this command wrote; choose another out=") from None
+    if "checkpoint_sha256" not in old:  # an export from before policy.json recorded its checkpoint's hash
+        raise ConfigError(f"out: {out} holds an export that does not record which checkpoint it came from; remove "
+                          "it or choose another out=")  # fmt: skip
     if old.get("checkpoint_sha256") != ckpt_sha256:
         raise ConfigError(f"out: {out} holds the export of another checkpoint ({old.get('checkpoint')}); "
                           "choose another out=")  # fmt: skip

@@ -179,3 +179,12 @@ def test_export_refuses_a_file_or_another_checkpoints_folder_and_lists_every_for
     line = _refused(capsys, lambda: export(OmegaConf.create({"ckpt_path": other, "format": "onnx", "out": str(out)})))
     assert line.startswith(f"error: out: {out} holds the export of another checkpoint")
     assert _tree(tmp_path) == before
+    legacy = tmp_path / "legacy"  # policy.json as exports wrote it before it recorded the checkpoint's hash
+    legacy.mkdir()
+    (legacy / "policy.json").write_text(
+        json.dumps({"policy": "policy.pt", "format": "torchscript", "checkpoint": ckpt})
+    )
+    before = _tree(tmp_path)
+    cfg = OmegaConf.create({"ckpt_path": ckpt, "format": "onnx", "out": str(legacy)})
+    assert "does not record which checkpoint it came from" in _refused(capsys, lambda: export(cfg))
+    assert _tree(tmp_path) == before
