@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from src.app.config_check import CONF
 from src.app.kinds import refuse_population
 from src.core.errors import ConfigError
 from src.core.files import atomic_write
@@ -106,7 +107,7 @@ def train_market(market: str, overrides: list[str], population: int, run_dir: Pa
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=overrides)
 
 
@@ -209,7 +210,7 @@ def row(market: str, metrics: dict, oracle: float, baseline: dict | None) -> dic
 
 def check_args(markets: list[str], args) -> None:
     """Every market an env option, at least one of them, at least one member: refused before anything trains."""
-    conf = Path(__file__).resolve().parents[1] / "conf" / "env"
+    conf = CONF / "env"
     options = sorted(p.stem for p in conf.glob("*.yaml") if p.stem != "base")
     if not markets:
         raise SystemExit("suite: --markets names no market; give env options separated by commas")
